@@ -1,0 +1,38 @@
+"""REST API of the session extension, under `<server base url>/officina/api/`."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+
+class StatusHandler(APIHandler):
+    """Who and where this session is: the first thing a user (or a test) checks."""
+
+    @web.authenticated
+    def get(self):
+        from . import __version__
+
+        account = pwd.getpwuid(os.getuid())
+        self.finish(
+            json.dumps(
+                {
+                    "officina": __version__,
+                    "hub_user": os.environ.get("JUPYTERHUB_USER"),
+                    "server_name": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
+                    "account": account.pw_name,
+                    "uid": os.getuid(),
+                    "home": os.environ.get("HOME"),
+                }
+            )
+        )
+
+
+def setup_handlers(web_app) -> None:
+    base = url_path_join(web_app.settings["base_url"], "officina", "api")
+    web_app.add_handlers(".*$", [(url_path_join(base, "status"), StatusHandler)])

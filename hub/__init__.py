@@ -1,0 +1,1 @@
+"""officina.hub: the hub side (authenticator, spawners, supervisor, the officina command)."""

@@ -1,0 +1,77 @@
+"""JupyterHub configuration derived from the platform settings (one declaration, many uses)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .settings import Settings
+from .state import StateDir
+
+
+def configure(c, raw_settings: dict) -> None:
+    settings = Settings(raw=raw_settings, source="supervisor")
+    state = StateDir(settings.state_dir)
+    hub, iam, sessions = settings["hub"], settings["iam"], settings["sessions"]
+
+    # --- network: the supervisor runs the proxy; the hub listens on loopback only ---
+    c.JupyterHub.base_url = hub["base_url"]
+    c.JupyterHub.bind_url = f"http://{hub['ip']}:{hub['port']}{hub['base_url']}"
+    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub['internal_port']}"
+    c.JupyterHub.proxy_class = "officina.hub.proxy.SupervisedProxy"
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub['proxy_api_port']}"
+    c.ConfigurableHTTPProxy.auth_token = state.secret("proxy_auth_token")
+
+    # --- state that survives restarts ---
+    c.JupyterHub.db_url = f"sqlite:///{state.hub / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(state.hub / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(state.run / "jupyterhub.pid")
+    # The supervisor restarts a crashed hub; sessions must outlive that, and `officina down`
+    # (a clean hub shutdown) stops them.
+    c.JupyterHub.cleanup_servers = True
+    c.JupyterHub.cleanup_proxy = False
+
+    # --- login with IAM ---
+    c.JupyterHub.authenticator_class = "officina.hub.authenticator.IAMAuthenticator"
+    a = c.IAMAuthenticator
+    a.issuer = settings.issuer
+    a.client_id = iam["client_id"]
+    secret_file = iam["client_secret_file"] or str(state.secrets_dir / "iam_client_secret")
+    a.client_secret = Path(secret_file).expanduser().read_text().strip()
+    a.oauth_callback_url = f"{settings.public_url}hub/oauth_callback"
+    a.scope = list(iam["scopes"])
+    a.username_claim = iam["username_claim"]
+    a.groups_claim = iam["groups_claim"]
+    a.allowed_groups = set(iam["allowed_groups"])
+    a.admin_groups = set(iam["admin_groups"])
+    a.enable_auth_state = True
+    a.enable_pkce = True
+
+    # --- sessions ---
+    c.JupyterHub.spawner_class = "officina.hub.spawner.LocalSessionSpawner"
+    s = c.LocalSessionSpawner
+    s.run_as_system_accounts = settings.run_as_system_accounts
+    s.homes_dir = str(state.homes)
+    s.pid_dir = str(state.servers)
+    s.default_url = sessions["default_url"]
+    s.start_timeout = sessions["start_timeout"]
+    s.http_timeout = sessions["start_timeout"]
+    # A hub shutdown waits on each session: keep the grace periods short.
+    s.interrupt_timeout = 3
+    s.term_timeout = 3
+    s.kill_timeout = 2
+    if not settings.run_as_system_accounts and os.geteuid() == 0:
+        s.args = ["--allow-root"]
+
+    # --- the idle culler, a service the supervisor runs ---
+    if sessions["idle_timeout"] or sessions["max_age"]:
+        c.JupyterHub.services = [{"name": "idle-culler", "api_token": state.secret("culler_api_token")}]
+        c.JupyterHub.load_roles = [
+            {
+                "name": "idle-culler",
+                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+                "services": ["idle-culler"],
+            }
+        ]
+
+    c.JupyterHub.log_level = "INFO"

@@ -1,0 +1,5 @@
+"""officina.widgets: ipywidgets for notebooks and Voila apps (clusters, data, models).
+
+The widgets arrive with the capabilities they drive; each is generated from the same
+declaration the server validates against.
+"""
