@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .settings import Settings
@@ -60,8 +59,6 @@ def configure(c, raw_settings: dict) -> None:
     s.interrupt_timeout = 3
     s.term_timeout = 3
     s.kill_timeout = 2
-    if not settings.run_as_system_accounts and os.geteuid() == 0:
-        s.args = ["--allow-root"]
 
     # --- the idle culler, a service the supervisor runs ---
     if sessions["idle_timeout"] or sessions["max_age"]:

@@ -143,6 +143,11 @@ def _check_consistency(doc: dict, source: str) -> None:
         if value and not Path(value).expanduser().is_file():
             raise SettingsError(f"{source}: {key}: file {value!r} does not exist")
     sessions = doc["sessions"]
+    if sessions["run_as"] == "platform-account" and os.geteuid() == 0:
+        raise SettingsError(
+            f"{source}: sessions.run_as: 'platform-account' while running as root would give every "
+            "session root; use 'system-accounts' (or 'auto'), or run Officina as an ordinary account"
+        )
     if sessions["run_as"] == "system-accounts" and os.geteuid() != 0:
         raise SettingsError(
             f"{source}: sessions.run_as: 'system-accounts' needs root to create accounts "
