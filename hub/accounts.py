@@ -96,26 +96,45 @@ def make_session_preexec(home: Path, account: pwd.struct_passwd | None):
     return preexec
 
 
-def check_reachable_by_other_accounts() -> str | None:
-    """Sessions as other accounts must be able to run this Python and import Officina.
+def _first_closed_folder(path: Path) -> Path | None:
+    """The first folder on the way to `path` that other accounts cannot traverse."""
+    for folder in reversed(path.parents):
+        if folder.exists() and not folder.stat().st_mode & 0o001:
+            return folder
+    return None
 
-    A checkout under /root (mode 0700) is a common way to break this; say so before anyone
-    logs in instead of failing at the first spawn.
+
+def check_reachable_by_other_accounts(state_dir: Path) -> str | None:
+    """Sessions as other accounts must be able to run this Python, import Officina and
+    reach their homes under the state directory.
+
+    A checkout under /root (mode 0700), or a state directory under pytest's or a user's
+    private temporary folder, are common ways to break this; say so before anyone logs in
+    instead of failing at the first spawn.
     """
     import officina.lab
 
     paths = [Path(sys.executable), Path(sys.executable).resolve(), Path(officina.lab.__file__).resolve()]
     for path in paths:
-        for folder in [*reversed(path.parents)]:
-            mode = folder.stat().st_mode
-            if not mode & 0o001:
-                return (
-                    f"sessions run as per-user accounts, which cannot reach {path}: {folder} is not "
-                    f"traversable by other users (mode {oct(mode & 0o777)}). Install Officina somewhere "
-                    "others can read (e.g. /opt or /srv), or set sessions.run_as: platform-account"
-                )
+        folder = _first_closed_folder(path)
+        if folder is not None:
+            return (
+                f"sessions run as per-user accounts, which cannot reach {path}: {folder} is not "
+                f"traversable by other users (mode {oct(folder.stat().st_mode & 0o777)}). Install "
+                "Officina somewhere others can read (e.g. /opt or /srv), or set "
+                "sessions.run_as: platform-account"
+            )
         if not path.stat().st_mode & 0o004:
             return f"sessions run as per-user accounts, which cannot read {path} (mode {oct(path.stat().st_mode & 0o777)})"
+    # The state directory and homes/ are opened (0711) at start; the folders above must be.
+    state_dir = Path(state_dir).resolve()
+    folder = _first_closed_folder(state_dir)
+    if folder is not None:
+        return (
+            f"state_dir: per-user accounts cannot reach their homes under {state_dir}: {folder} "
+            f"is not traversable by other users (mode {oct(folder.stat().st_mode & 0o777)}). "
+            "Choose a state directory whose parent folders others may traverse (mode 711 or 755)"
+        )
     return None
 
 

@@ -249,7 +249,7 @@ class Supervisor:
         from .accounts import check_reachable_by_other_accounts
 
         if self.settings.run_as_system_accounts:
-            problem = check_reachable_by_other_accounts()
+            problem = check_reachable_by_other_accounts(self.state.root)
             if problem:
                 raise SupervisorError(problem)
         for port_key in ("port", "internal_port", "proxy_api_port"):

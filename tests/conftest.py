@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -45,10 +46,27 @@ def start_platform(root: Path, **overrides) -> Platform:
     return platform
 
 
+@pytest.fixture(scope="session")
+def platform_roots():
+    """Where platforms keep their state: not under pytest's own temporary folder, which is
+    0700 and so unreachable by the per-user accounts whose homes live in the state."""
+    base = Path(tempfile.mkdtemp(prefix="officina-tests-"))
+    base.chmod(0o711)
+    counter = iter(range(10_000))
+
+    def make(name: str) -> Path:
+        root = base / f"{name}{next(counter)}"
+        root.mkdir(mode=0o711)
+        return root
+
+    yield make
+    shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory):
+def platform(platform_roots):
     """One running embedded platform shared by the tests of a module."""
-    p = start_platform(tmp_path_factory.mktemp("platform"))
+    p = start_platform(platform_roots("platform"))
     yield p
     try:
         p.down()

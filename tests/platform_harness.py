@@ -6,6 +6,7 @@ session through the hub's REST API, and typing into a session's terminal.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import pwd
@@ -244,9 +245,13 @@ def run_in_terminal(platform: Platform, username: str, token: str, command: str,
         return out
 
     try:
-        output = asyncio.run(talk())
+        # Its own thread: Playwright's sync API keeps an event loop running in this one.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            output = pool.submit(asyncio.run, talk()).result()
     finally:
         httpx.delete(base + f"api/terminals/{name}", headers=headers, timeout=30)
     # Keep what the command printed: after the echoed command line, before the marker.
     after = output.split(f"echo __officina_''done__", 1)[-1]
-    return after.split(marker, 1)[0].replace("\r", "")
+    text = after.split(marker, 1)[0].replace("\r", "")
+    # Terminal control sequences (bash's bracketed-paste switch, colours) are not output.
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)

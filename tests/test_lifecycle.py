@@ -18,8 +18,8 @@ def alive(procs):
     return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-def test_down_leaves_nothing_behind_and_restart_keeps_users_and_files(tmp_path):
-    platform = start_platform(tmp_path)
+def test_down_leaves_nothing_behind_and_restart_keeps_users_and_files(platform_roots):
+    platform = start_platform(platform_roots("lifecycle"))
     try:
         alice = HubSession(platform, "alice")
         alice.login()
@@ -59,8 +59,8 @@ def test_down_leaves_nothing_behind_and_restart_keeps_users_and_files(tmp_path):
         platform.emergency_stop()
 
 
-def test_ctrl_c_stops_everything(tmp_path):
-    platform = start_platform(tmp_path)
+def test_ctrl_c_stops_everything(platform_roots):
+    platform = start_platform(platform_roots("lifecycle"))
     try:
         family = platform.process_family()
         platform.proc.send_signal(signal.SIGINT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -73,3 +74,20 @@ def test_readme_configuration_reference_matches_the_schema():
     """The README's reference is generated from the schema; a new setting must appear there."""
     generated = subprocess.run([OFFICINA, "config", "--docs"], capture_output=True, text=True, check=True).stdout.strip()
     assert generated in README.read_text(), "README is stale: paste the output of `officina config --docs`"
+
+
+@pytest.mark.root
+def test_state_dir_unreachable_by_session_accounts_is_refused(tmp_path):
+    """pytest's tmp folder is 0700: per-user accounts could not reach homes under it."""
+    if os.geteuid() != 0:
+        pytest.fail("this test must run as root (sessions as per-user system accounts)")
+    hub, internal, api, iam = free_ports(4)
+    config = tmp_path / "officina.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\nhub: {{port: {hub}, internal_port: {internal}, proxy_api_port: {api}}}\n"
+        f"iam: {{standin: {{port: {iam}}}}}\n"
+    )
+    result = subprocess.run([OFFICINA, "up", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result
+    assert re.search(r"state_dir: per-user accounts cannot reach their homes under .* is not traversable", result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
