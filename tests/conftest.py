@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from platform_harness import Platform, officina_accounts
+from platform_harness import officina_accounts, start_platform
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -38,12 +38,6 @@ def _remove_test_accounts():
     if os.geteuid() == 0:
         for name in sorted(officina_accounts() - before):
             subprocess.run(["userdel", name], capture_output=True)
-
-
-def start_platform(root: Path, **overrides) -> Platform:
-    platform = Platform(root=root, overrides=overrides)
-    platform.up()
-    return platform
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,12 @@ def officina_accounts() -> set[str]:
     return {p.pw_name for p in pwd.getpwall() if p.pw_name.startswith("officina-")}
 
 
+def start_platform(root: Path, **overrides) -> "Platform":
+    platform = Platform(root=root, overrides=overrides)
+    platform.up()
+    return platform
+
+
 @dataclass
 class Platform:
     root: Path

@@ -8,7 +8,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import start_platform
+from platform_harness import start_platform
 from platform_harness import HubSession
 
 pytestmark = pytest.mark.timeout(400)
