@@ -1,12 +1,14 @@
 """officina.lab: the session side of Officina.
 
 A Jupyter server extension that every session loads (its REST API lives under
-`<server>/officina/api/`), and the Python API users call from notebooks.
+`<server>/officina/api/`), and the Python API users call from notebooks:
+`officina.lab.token_status()` says who you are, your groups and when your token expires.
 """
 
 from __future__ import annotations
 
 from .handlers import setup_handlers
+from .token_keeper import read_status as token_status
 
 __version__ = "0.1.0"
 
@@ -16,5 +18,12 @@ def _jupyter_server_extension_points():
 
 
 def _load_jupyter_server_extension(serverapp):
+    from .token_keeper import TokenKeeper
+
     setup_handlers(serverapp.web_app)
+    keeper = TokenKeeper.from_environment()
+    serverapp.web_app.settings["officina_token_keeper"] = keeper
+    if keeper is not None:
+        keeper.start()
+        serverapp.log.info("officina.lab: keeping %s fresh", keeper.token_file)
     serverapp.log.info("officina.lab loaded: API at %sofficina/api/", serverapp.base_url)

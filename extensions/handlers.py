@@ -33,6 +33,35 @@ class StatusHandler(APIHandler):
         )
 
 
+class TokenStatusHandler(APIHandler):
+    """The session's IAM token: state, expiry, groups, audience. Never the token itself."""
+
+    @web.authenticated
+    def get(self):
+        from .token_keeper import read_status
+
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(read_status()))
+
+    @web.authenticated
+    async def post(self):
+        """Renew now (e.g. after logging in again) and answer the new status."""
+        from .token_keeper import read_status
+
+        keeper = self.settings.get("officina_token_keeper")
+        if keeper is None:
+            raise web.HTTPError(409, "This session has no token path (BEARER_TOKEN_FILE unset).")
+        await keeper.renew()
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(read_status()))
+
+
 def setup_handlers(web_app) -> None:
     base = url_path_join(web_app.settings["base_url"], "officina", "api")
-    web_app.add_handlers(".*$", [(url_path_join(base, "status"), StatusHandler)])
+    web_app.add_handlers(
+        ".*$",
+        [
+            (url_path_join(base, "status"), StatusHandler),
+            (url_path_join(base, "token"), TokenStatusHandler),
+        ],
+    )

@@ -38,13 +38,36 @@ def configure(c, raw_settings: dict) -> None:
     secret_file = iam["client_secret_file"] or str(state.secrets_dir / "iam_client_secret")
     a.client_secret = Path(secret_file).expanduser().read_text().strip()
     a.oauth_callback_url = f"{settings.public_url}hub/oauth_callback"
-    a.scope = list(iam["scopes"])
+    # The claim the groups are read from needs its scope asked for at login.
+    claim_scope = {"groups": None, "wlcg.groups": "wlcg.groups", "eduperson_entitlement": "eduperson_entitlement"}
+    scopes = list(iam["scopes"])
+    if claim_scope[iam["groups_claim"]] and claim_scope[iam["groups_claim"]] not in scopes:
+        scopes.append(claim_scope[iam["groups_claim"]])
+    a.scope = scopes
     a.username_claim = iam["username_claim"]
     a.groups_claim = iam["groups_claim"]
     a.allowed_groups = set(iam["allowed_groups"])
     a.admin_groups = set(iam["admin_groups"])
+    a.blocked_groups = list(iam["blocked_groups"])
+    a.identity_db = str(state.hub / "identities.sqlite")
+    a.token_exchange = iam["token_exchange"]
+    a.token_refresh_margin = iam["token_refresh_margin"]
+    # Auth state (the refresh token) is encrypted with the crypt key the supervisor passes.
     a.enable_auth_state = True
     a.enable_pkce = True
+    # How often a browser request makes the hub look at the user's token (a local check;
+    # IAM is asked only when the token is past its refresh point).
+    a.auth_refresh_age = 30
+    c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
+
+    # --- the token service: sessions get access tokens with their server's own token ---
+    from .token_service import SCOPE, SCOPE_DESCRIPTION
+
+    c.JupyterHub.custom_scopes = {SCOPE: {"description": SCOPE_DESCRIPTION}}
+    roles = [
+        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", f"{SCOPE}!user"]},
+        {"name": "user", "scopes": ["self", f"{SCOPE}!user"]},
+    ]
 
     # --- sessions ---
     c.JupyterHub.spawner_class = "officina.hub.spawner.LocalSessionSpawner"
@@ -63,12 +86,13 @@ def configure(c, raw_settings: dict) -> None:
     # --- the idle culler, a service the supervisor runs ---
     if sessions["idle_timeout"] or sessions["max_age"]:
         c.JupyterHub.services = [{"name": "idle-culler", "api_token": state.secret("culler_api_token")}]
-        c.JupyterHub.load_roles = [
+        roles.append(
             {
                 "name": "idle-culler",
                 "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
                 "services": ["idle-culler"],
             }
-        ]
+        )
+    c.JupyterHub.load_roles = roles
 
     c.JupyterHub.log_level = "INFO"

@@ -19,6 +19,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Unicode
 
 from .accounts import ensure_account, make_session_preexec, write_server_pidfile
+from .authenticator import token_url_for
 
 
 def lab_config_dir() -> str:
@@ -57,6 +58,11 @@ class LocalSessionSpawner(LocalProcessSpawner):
         env["JUPYTER_CONFIG_PATH"] = lab_config_dir()
         env["JUPYTER_RUNTIME_DIR"] = str(self.home / ".local/share/jupyter/runtime")
         env["IPYTHONDIR"] = str(self.home / ".ipython")
+        # The token path: the session extension asks the hub's token service (with this
+        # server's own JupyterHub token) and keeps this file fresh. WLCG token discovery
+        # (BEARER_TOKEN_FILE) makes every tool in the session find it.
+        env["BEARER_TOKEN_FILE"] = str(self.home / ".officina" / "bearer_token")
+        env["OFFICINA_TOKEN_URL"] = token_url_for(self.hub.api_url, self.user.name)
         return env
 
     async def start(self):

@@ -226,13 +226,16 @@ class Supervisor:
                     "client_id": s["iam"]["client_id"],
                     "client_secret": self.state.secret("iam_client_secret"),
                     "redirect_uris": [redirect],
-                    "scopes": ["openid", "profile", "email", "offline_access", "wlcg", "wlcg.groups"],
+                    "scopes": [
+                        "openid", "profile", "email", "offline_access", "wlcg", "wlcg.groups",
+                        "eduperson_entitlement",
+                    ],
                     "grant_types": [
                         "authorization_code",
                         "refresh_token",
                         "urn:ietf:params:oauth:grant-type:token-exchange",
                     ],
-                    "token_profile": "iam",
+                    "token_profile": standin["token_profile"],
                 }
             ],
             "lifetimes": {

@@ -18,7 +18,8 @@ Where the stand-in deliberately differs from a real INDIGO-IAM:
 - No scope policies and no optional groups: a registered scope is granted to every user.
   WLCG capability scopes (`storage.read:/path`) are matched by path prefix against the
   client's registration, without per-user policy.
-- No `aarc` token profile: only `iam` and `wlcg`.
+- The `aarc` profile carries `eduperson_entitlement` (every group, ancestors included, as
+  `urn:geant:<organisation>:group:a:b`) and `voperson_id`; no AARC assurance claims.
 - Access tokens carry the issuer with its trailing slash, exactly like the ID token.
 - Refresh tokens have IAM's shape (an unsigned JWT holding `exp` and `jti`) but are checked
   only against the stored hash. A refresh token of another client gets 401 `invalid_token`

@@ -19,7 +19,7 @@ from .scopes import is_scope_token
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials", TOKEN_EXCHANGE)
-TOKEN_PROFILES = ("iam", "wlcg")
+TOKEN_PROFILES = ("iam", "wlcg", "aarc")
 SECRET_KEYS = {"client_secret", "password"}
 
 _LIFETIMES_SCHEMA = {

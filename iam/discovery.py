@@ -24,7 +24,8 @@ STANDARD_SCOPES = ("openid", "profile", "email", "offline_access")
 CLAIMS = (
     "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr", "name",
     "preferred_username", "given_name", "family_name", "email", "email_verified",
-    "organisation_name", "groups", "wlcg.ver", "wlcg.groups",
+    "organisation_name", "groups", "wlcg.ver", "wlcg.groups", "eduperson_entitlement",
+    "voperson_id",
 )
 
 

@@ -34,7 +34,12 @@ class UserInfoEndpoint(_UserInfoEndpoint):
         if user is None:
             raise InvalidTokenError("The token does not belong to a known user.")
         # The token itself says which profile minted it, even if the client was re-registered.
-        profile = PROFILES["wlcg" if "wlcg.ver" in token.claims else "iam"]
+        if "wlcg.ver" in token.claims:
+            profile = PROFILES["wlcg"]
+        elif "voperson_id" in token.claims:
+            profile = PROFILES["aarc"]
+        else:
+            profile = PROFILES["iam"]
         info = profile.userinfo(
             user, split_scope(token.scope), token.claims, self.server.organisation
         )

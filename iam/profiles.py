@@ -49,7 +49,7 @@ def wlcg_groups(user: User, scopes: list[str]) -> list[str] | None:
 class IamProfile:
     name = "iam"
 
-    def access_token_claims(self, user: User | None, scopes, audience, now: int) -> dict:
+    def access_token_claims(self, user: User | None, scopes, audience, now: int, organisation: str) -> dict:
         claims: dict = {}
         if audience:
             claims["aud"] = audience_claim(audience)
@@ -89,7 +89,7 @@ class IamProfile:
 class WlcgProfile(IamProfile):
     name = "wlcg"
 
-    def access_token_claims(self, user: User | None, scopes, audience, now: int) -> dict:
+    def access_token_claims(self, user: User | None, scopes, audience, now: int, organisation: str) -> dict:
         claims = {
             "wlcg.ver": WLCG_VERSION,
             "aud": audience_claim(audience) or WLCG_DEFAULT_AUDIENCE,
@@ -117,4 +117,45 @@ class WlcgProfile(IamProfile):
         return {}
 
 
-PROFILES = {profile.name: profile for profile in (IamProfile(), WlcgProfile())}
+def entitlements(user: User, organisation: str) -> list[str]:
+    """AARC-G002 group entitlements, IAM's form: `urn:geant:<org>:group:a:b` for group a/b."""
+    namespace = "".join(c if c.isalnum() or c in ".-" else "-" for c in organisation.lower())
+    return [f"urn:geant:{namespace}:group:{group.replace('/', ':')}" for group in user.all_groups]
+
+
+class AarcProfile(IamProfile):
+    """IAM's `aarc` profile: groups as `eduperson_entitlement` URNs, identity as `voperson_id`."""
+
+    name = "aarc"
+
+    def _aarc_claims(self, user: User, scopes, organisation: str) -> dict:
+        claims = {"voperson_id": f"{user.sub}@{organisation}"}
+        if "eduperson_entitlement" in scopes:
+            claims["eduperson_entitlement"] = entitlements(user, organisation)
+        return claims
+
+    def access_token_claims(self, user, scopes, audience, now, organisation) -> dict:
+        claims: dict = {}
+        if audience:
+            claims["aud"] = audience_claim(audience)
+        if user is not None:
+            claims["preferred_username"] = user.username
+            claims.update(self._aarc_claims(user, scopes, organisation))
+        return claims
+
+    def id_token_claims(self, user: User, scopes, organisation: str) -> dict:
+        claims = super().id_token_claims(user, scopes, organisation)
+        claims.pop("groups", None)
+        claims.update(self._aarc_claims(user, scopes, organisation))
+        return claims
+
+    def userinfo(self, user: User, scopes, token_claims: dict, organisation: str) -> dict:
+        info = super().userinfo(user, scopes, token_claims, organisation)
+        if "profile" in scopes:
+            info.pop("groups", None)
+        if "eduperson_entitlement" in scopes:
+            info["eduperson_entitlement"] = entitlements(user, organisation)
+        return info
+
+
+PROFILES = {profile.name: profile for profile in (IamProfile(), WlcgProfile(), AarcProfile())}

@@ -116,7 +116,9 @@ class TokenService:
         subject = user.sub if user is not None else client.client_id
         claims = self._base_claims(client, subject, now, client.lifetimes.access_token)
         claims["scope"] = scope
-        claims.update(profile.access_token_claims(user, split_scope(scope), audience, now))
+        claims.update(
+            profile.access_token_claims(user, split_scope(scope), audience, now, self.organisation)
+        )
         if act:
             claims["act"] = act
         return self.sign(claims)

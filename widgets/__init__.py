@@ -3,3 +3,7 @@
 The widgets arrive with the capabilities they drive; each is generated from the same
 declaration the server validates against.
 """
+
+from .session_status import SessionStatus
+
+__all__ = ["SessionStatus"]

@@ -225,3 +225,30 @@ def test_bad_client_secret_at_code_exchange(iam):
     assert (status, error) == (401, "invalid_client")
     # The failed attempt did not consume the code.
     assert iam.exchange_code(login).status_code == 200
+
+
+def test_aarc_profile_carries_group_entitlements(start_standin):
+    standin = start_standin(clients=[{
+        "client_id": "aarc-client", "client_secret": "aarc-secret-Qp20",
+        "redirect_uris": [standin_callback := "http://127.0.0.1:8000/hub/oauth_callback"],
+        "scopes": ["openid", "profile", "offline_access", "eduperson_entitlement"],
+        "token_profile": "aarc",
+    }], organisation_name="iam.example")
+    standin.CLIENTS = {**standin.CLIENTS, "aarc-client": {"client_secret": "aarc-secret-Qp20"}}
+    login = standin.login("erin", client_id="aarc-client", redirect_uri=standin_callback,
+                          scope="openid profile eduperson_entitlement")
+    data = {"grant_type": "authorization_code", "code": login.code,
+            "redirect_uri": standin_callback, "code_verifier": login.verifier}
+    response = standin.post("/token", data=data, auth=("aarc-client", "aarc-secret-Qp20"))
+    assert response.status_code == 200, response.text
+    claims = standin.verify(response.json()["access_token"])
+    assert claims["eduperson_entitlement"] == [
+        "urn:geant:iam.example:group:officina",
+        "urn:geant:iam.example:group:officina:gpu",
+        "urn:geant:iam.example:group:officina:gpu:a100",
+        "urn:geant:iam.example:group:visitors",
+    ]
+    assert "groups" not in claims
+    info = standin.userinfo(response.json()["access_token"]).json()
+    assert info["eduperson_entitlement"] == claims["eduperson_entitlement"]
+    assert "groups" not in info
