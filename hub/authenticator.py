@@ -222,6 +222,9 @@ class IAMAuthenticator(GenericOAuthenticator):
         """Called by JupyterHub on requests every `auth_refresh_age` seconds."""
         state = await user.get_auth_state()
         if not state or not state.get("refresh_token"):
+            if state and state.get("login_required") and handler is not None:
+                # The token service already learnt that IAM refused this login.
+                handler.set_cookie(RELOGIN_COOKIE, "refresh-refused", path=handler.hub.base_url)
             return False
         if not self._needs_refresh(state, time.time()):
             return True

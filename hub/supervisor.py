@@ -236,6 +236,7 @@ class Supervisor:
                         "urn:ietf:params:oauth:grant-type:token-exchange",
                     ],
                     "token_profile": standin["token_profile"],
+                    "refresh_token_rotation": standin["refresh_token_rotation"],
                 }
             ],
             "lifetimes": {

@@ -175,6 +175,22 @@ class HubSession:
             data={"username": self.username, "password": self.password, **_hidden_fields(page.text)},
         )
 
+    def login_without_session(self) -> httpx.Response:
+        """Log in but stop at the hub's answer to the IAM callback (no session is started):
+        a redirect into the hub when admitted, the refusal page otherwise."""
+        page = self.http.get(urljoin(self.platform.url, "hub/oauth_login"))
+        response = self.http.post(
+            urljoin(str(page.url), _form_action(page)),
+            data={"username": self.username, "password": self.password, **_hidden_fields(page.text)},
+            follow_redirects=False,
+        )
+        while response.is_redirect:
+            target = urljoin(str(response.url), response.headers["location"])
+            response = self.http.get(target, follow_redirects=False)
+            if "/hub/oauth_callback" in target:
+                return response
+        return response
+
     def xsrf_headers(self) -> dict:
         token = next((c.value for c in self.http.cookies.jar if c.name == "_xsrf"), None)
         return {"X-XSRFToken": token} if token else {}
