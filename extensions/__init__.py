@@ -1,5 +1,8 @@
 """officina.lab: the session side of Officina.
 
+(Terminals run an interactive, non-login bash: a login shell would let /etc/profile replace
+the PATH the spawner sets, and the platform's python, pip and jupyter would vanish from it.)
+
 A Jupyter server extension that every session loads (its REST API lives under
 `<server>/officina/api/`), and the Python API users call from notebooks:
 `officina.lab.token_status()` says who you are, your groups and when your token expires.

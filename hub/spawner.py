@@ -54,7 +54,8 @@ class LocalSessionSpawner(LocalProcessSpawner):
         env["HOME"] = str(self.home)
         env["SHELL"] = "/bin/bash"
         # The session's terminal finds this platform's Python and Jupyter first.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
+        # A clean system PATH, not the hub's (which may name folders of root's own).
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"])
         env["JUPYTER_CONFIG_PATH"] = lab_config_dir()
         env["JUPYTER_RUNTIME_DIR"] = str(self.home / ".local/share/jupyter/runtime")
         env["IPYTHONDIR"] = str(self.home / ".ipython")

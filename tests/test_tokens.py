@@ -231,3 +231,22 @@ def test_revoked_refresh_token_sends_the_user_back_to_login(short_tokens):
     bob.login_without_session()
     renewed = session_api(platform, bob, "token", method="POST")
     assert renewed.status_code == 200 and renewed.json()["state"] == "valid", renewed.text
+
+
+def test_session_status_widget_shows_identity_groups_and_expiry(short_tokens):
+    from platform_harness import run_in_terminal
+
+    platform = short_tokens
+    alice = HubSession(platform, "alice")
+    alice.login()
+    alice.start_server()
+    wait_for(token_file(platform, "alice").exists, 30, "the bearer token file")
+    out = run_in_terminal(
+        platform, "alice", alice.token(),
+        "python -c 'from officina.widgets import SessionStatus; "
+        "import officina.lab as l; print(SessionStatus().view.value); print(l.token_status()[\"state\"])'",
+    )
+    assert "<th" in out and "alice" in out, out
+    assert "officina/users" in out
+    assert "renewed automatically" in out and "valid" in out
+    assert token_file(platform, "alice").read_text().strip() not in out
