@@ -34,6 +34,8 @@ BAD_FILES = [
         "sessions:\n  idle_timeout: 60\n  cull_every: 300\n",
         r"sessions\.cull_every: 300 s is longer than sessions\.idle_timeout \(60 s\)",
     ),
+    ("unknown groups claim", "iam:\n  groups_claim: roles\n", r"iam\.groups_claim: 'roles' is not one of \['groups', 'wlcg\.groups', 'eduperson_entitlement'\]"),
+    ("refresh margin out of range", "iam:\n  token_refresh_margin: 1.5\n", r"iam\.token_refresh_margin: 1\.5 is greater than the maximum of 0\.9"),
     ("not YAML", "hub: [\n", r"not valid YAML \(line 3, column 1\)"),
     ("not a mapping", "- 1\n- 2\n", r"\(top level\): must be a mapping"),
 ]
