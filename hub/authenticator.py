@@ -32,6 +32,8 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 # Cookie read by the login page to say why the user has to sign in again. It holds a reason
 # code only, never anything secret.
 RELOGIN_COOKIE = "officina-relogin"
+# Claims of a JWT that describe the token, not the user.
+_JWT_ONLY = {"iss", "aud", "exp", "iat", "nbf", "jti", "auth_time", "nonce", "at_hash", "azp", "amr", "acr"}
 
 
 class LoginRequired(Exception):
@@ -113,12 +115,15 @@ class IAMAuthenticator(GenericOAuthenticator):
     )
 
     _discovery: dict | None = None
+    _http: httpx.AsyncClient | None = None
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # (user, scope, audience) -> token response of an exchange/down-scoped refresh
         self._derived: dict[tuple, dict] = {}
+        # user -> their current access token response (never the refresh token)
+        self._current: dict[str, dict] = {}
         self._identities = IdentityMap(self.identity_db) if self.identity_db else None
 
     # ----- discovery ---------------------------------------------------------------------
@@ -246,16 +251,27 @@ class IAMAuthenticator(GenericOAuthenticator):
         Without scope and audience it is the user's own access token; otherwise a token for
         that audience and/or those scopes (token exchange, or a down-scoped refresh).
         """
+        now = time.time()
+        current = self._current.get(user.name)
+        if not scope and not audience and current and not self._needs_refresh(current, now):
+            # The common case, answered from memory: no decryption, no database.
+            return {**current["token_response"], "expires_at": current["expires_at"]}
         async with self._locks[user.name]:
             state = await user.get_auth_state()
             if not state or not state.get("refresh_token"):
+                self._current.pop(user.name, None)
                 raise LoginRequired(state.get("login_required") if state else "no IAM login on record")
             now = time.time()
             if self._needs_refresh(state, now):
                 await self._refresh_locked(user, state)
                 state = await user.get_auth_state()
+            # Only what is needed to answer: the refresh token stays in the encrypted state.
+            self._current[user.name] = {
+                "token_response": {k: v for k, v in state["token_response"].items() if k != "refresh_token"},
+                "expires_at": state["expires_at"],
+            }
             if not scope and not audience:
-                return {**state["token_response"], "expires_at": state["expires_at"]}
+                return {**self._current[user.name]["token_response"], "expires_at": state["expires_at"]}
             key = (user.name, scope or "", audience or "")
             derived = self._derived.get(key)
             if derived and not self._needs_refresh(
@@ -287,7 +303,7 @@ class IAMAuthenticator(GenericOAuthenticator):
         if not token_info.get("refresh_token"):
             token_info["refresh_token"] = state["refresh_token"]
         try:
-            model = await self._token_to_auth_model(token_info)
+            model = await self._refreshed_auth_model(token_info, state)
         except web.HTTPError as err:
             raise TokenServiceError(502, f"IAM userinfo failed after refresh: {err.log_message}") from None
         if model["name"] != user.name:
@@ -301,12 +317,33 @@ class IAMAuthenticator(GenericOAuthenticator):
             raise LoginRequired(err.log_message) from None
         await user.save_auth_state(model["auth_state"])
         if self.manage_groups and "groups" in model:
-            user.sync_groups(model["groups"])
+            if sorted(model["groups"]) != sorted(g.name for g in user.groups):
+                user.sync_groups(model["groups"])
         self._forget_derived(user.name)
         self.log.info("Refreshed IAM tokens of %s", user.name)
         return model
 
+    async def _refreshed_auth_model(self, token_info: dict, state: dict) -> dict:
+        """The auth model after a refresh. IAM answers a refresh with a new ID token holding
+        the same profile claims as userinfo (groups included), so the groups are re-read
+        from it without another request; without one, userinfo is asked as at login."""
+        claims = jwt_claims(token_info.get("id_token") or "")
+        previous = state.get(self.user_auth_state_key) or {}
+        if not claims or claims.get("sub") != previous.get("sub"):
+            return await self._token_to_auth_model(token_info)
+        user_info = {**previous, **{k: v for k, v in claims.items() if k not in _JWT_ONLY}}
+        # A group claim missing from the new token means no groups now, not "as before".
+        user_info[self.groups_claim] = claims.get(self.groups_claim, [])
+        auth_state = await self.build_auth_state_dict(token_info, user_info)
+        name = self.normalize_username(self.user_info_to_username(user_info))
+        model = {"name": name, "admin": True if name in self.admin_users else None, "auth_state": auth_state}
+        model = await self.update_auth_model(model)
+        if self.manage_groups:
+            model = await self._apply_managed_groups(model)
+        return model
+
     def _forget_derived(self, name: str) -> None:
+        self._current.pop(name, None)
         for key in [k for k in self._derived if k[0] == name]:
             del self._derived[key]
 
@@ -337,11 +374,14 @@ class IAMAuthenticator(GenericOAuthenticator):
 
     async def _token_request(self, params: dict) -> dict:
         """POST to IAM's token endpoint; IAM's refusals become LoginRequired or TokenServiceError."""
+        if self._http is None:
+            # One client for the hub's lifetime: a new one per request costs an SSL context
+            # and a connection each time, which dominated the latency of concurrent renewals.
+            self._http = httpx.AsyncClient(timeout=15, verify=self.validate_server_cert)
         try:
-            async with httpx.AsyncClient(timeout=15, verify=self.validate_server_cert) as http:
-                response = await http.post(
-                    self.token_url, data=params, auth=(self.client_id, self.client_secret)
-                )
+            response = await self._http.post(
+                self.token_url, data=params, auth=(self.client_id, self.client_secret)
+            )
         except httpx.HTTPError as err:
             raise TokenServiceError(503, f"IAM token endpoint unreachable: {type(err).__name__}") from None
         try:

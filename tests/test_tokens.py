@@ -18,6 +18,7 @@ from urllib.parse import urljoin
 import httpx
 import psutil
 import pytest
+import yaml
 
 from platform_harness import HubSession, start_platform
 
@@ -26,14 +27,29 @@ pytestmark = pytest.mark.timeout(900)
 LIFETIME = 60
 
 
+DEMO_USERS = Path(__file__).resolve().parent.parent / "iam" / "demo-users.yaml"
+CAROL = {"username": "carol", "sub": "c4r01-0000-4000-8000-000000000001", "password": "carol-demo",
+         "name": "Carol Changes", "groups": ["officina/users"]}
+
+
+def write_users(path: Path, carol_groups: list[str]) -> None:
+    users = yaml.safe_load(DEMO_USERS.read_text())["users"] + [{**CAROL, "groups": carol_groups}]
+    path.write_text(yaml.safe_dump({"users": users}))
+
+
 @pytest.fixture(scope="module")
 def short_tokens(platform_roots):
+    root = platform_roots("tokens")
+    users_file = root / "users.yaml"
+    write_users(users_file, CAROL["groups"])
     # Rotating refresh tokens: a refresh race would kill the login, so the tests see it.
     platform = start_platform(
-        platform_roots("tokens"),
-        iam={"standin": {"access_token_lifetime": LIFETIME, "refresh_token_rotation": True}},
+        root,
+        iam={"standin": {"access_token_lifetime": LIFETIME, "refresh_token_rotation": True,
+                         "users_file": str(users_file)}},
         sessions={"idle_timeout": 0},
     )
+    platform.users_file = users_file
     yield platform
     try:
         platform.down()
@@ -250,3 +266,29 @@ def test_session_status_widget_shows_identity_groups_and_expiry(short_tokens):
     assert "officina/users" in out
     assert "renewed automatically" in out and "valid" in out
     assert token_file(platform, "alice").read_text().strip() not in out
+
+
+def test_groups_follow_iam_at_refresh_and_losing_access_ends_the_login(short_tokens):
+    platform = short_tokens
+    carol = HubSession(platform, "carol", CAROL["password"])
+    assert carol.login_without_session().status_code == 302
+    headers = {"Authorization": f"token {carol.token()}"}
+    url = urljoin(platform.url, "hub/api/officina/token/carol")
+    first = httpx.get(url, headers=headers, timeout=30).json()
+    assert "officina/gpu" not in carol.hub_api("GET", "user").json()["groups"]
+
+    # IAM adds carol to the GPU group; at the next refresh the hub's groups follow.
+    write_users(platform.users_file, ["officina/users", "officina/gpu"])
+    wait_for(lambda: first["expires_at"] - time.time() < LIFETIME * 0.5 - 1, LIFETIME, "the refresh point")
+    second = httpx.get(url, headers=headers, timeout=30)
+    assert second.status_code == 200 and second.json()["access_token"] != first["access_token"]
+    assert "officina/gpu" in second.json()["groups"]
+    assert "officina/gpu" in carol.hub_api("GET", "user").json()["groups"]
+
+    # IAM removes her from every allowed group: the next refresh ends her login, with the reason.
+    write_users(platform.users_file, ["visitors"])
+    wait_for(lambda: second.json()["expires_at"] - time.time() < LIFETIME * 0.5 - 1, LIFETIME, "the refresh point")
+    third = httpx.get(url, headers=headers, timeout=30)
+    assert third.status_code == 401, third.text
+    assert third.json()["error"] == "login_required"
+    assert "not a member of any group allowed" in third.json()["message"]
