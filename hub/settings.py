@@ -158,6 +158,11 @@ def _check_consistency(doc: dict, source: str) -> None:
             f"{source}: sessions.cull_every: {sessions['cull_every']} s is longer than "
             f"sessions.idle_timeout ({sessions['idle_timeout']} s), so idle sessions would outlive their timeout"
         )
+    from .profiles import check_catalogue
+
+    problem = check_catalogue(doc["profiles"])
+    if problem:
+        raise SettingsError(f"{source}: {problem}")
     state = Path(doc["state_dir"])
     existing = next((p for p in [state, *state.parents] if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -204,8 +209,15 @@ def reference_markdown() -> str:
     def walk(schema: dict, prefix: str) -> None:
         for name, sub in schema.get("properties", {}).items():
             key = f"{prefix}{name}"
-            if sub.get("type") == "object":
+            if sub.get("type") == "object" and "properties" in sub:
                 walk(sub, key + ".")
+                continue
+            items = sub.get("items", {})
+            if "properties" in items:
+                # A list of objects (the profile catalogue, the GPU inventory): the list's
+                # own row, then one row per field of its entries.
+                rows.append(f"| `{key}` | list | see example | {' '.join(sub.get('description', '').split())} |")
+                walk(items, key + "[].")
                 continue
             kind = sub.get("type") or "one of " + ", ".join(map(str, sub.get("enum", [])))
             kind = " or ".join(kind) if isinstance(kind, list) else kind
