@@ -28,6 +28,11 @@ class StatusHandler(APIHandler):
                     "account": account.pw_name,
                     "uid": os.getuid(),
                     "home": os.environ.get("HOME"),
+                    "profile": os.environ.get("OFFICINA_PROFILE"),
+                    "memory_limit": int(os.environ.get("OFFICINA_MEM_LIMIT") or 0) or None,
+                    "cpu_limit": float(os.environ.get("OFFICINA_CPU_LIMIT") or 0) or None,
+                    "limits": os.environ.get("OFFICINA_LIMITS"),
+                    "gpus": [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g],
                 }
             )
         )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from .limits import detect_mode
 
 from .settings import Settings
 from .state import StateDir
@@ -75,6 +78,12 @@ def configure(c, raw_settings: dict) -> None:
     s.run_as_system_accounts = settings.run_as_system_accounts
     s.homes_dir = str(state.homes)
     s.pid_dir = str(state.servers)
+    s.profiles = settings["profiles"]
+    s.gpu_inventory = sessions["gpus"]
+    s.gpu_table = str(state.run / "gpus.json")
+    s.limits_mode = detect_mode() if settings.run_as_system_accounts or os.geteuid() == 0 else "rlimit"
+    c.JupyterHub.allow_named_servers = sessions["max_named_servers"] > 0
+    c.JupyterHub.named_server_limit_per_user = sessions["max_named_servers"]
     s.default_url = sessions["default_url"]
     s.start_timeout = sessions["start_timeout"]
     s.http_timeout = sessions["start_timeout"]

@@ -85,7 +85,8 @@ class Profile:
 
     @property
     def summary(self) -> str:
-        parts = [f"{self.cpu_limit:g} cores", f"{format_bytes(self.mem_limit)}B memory"]
+        cores = f"{self.cpu_limit:g} core{'' if self.cpu_limit == 1 else 's'}"
+        parts = [cores, f"{format_bytes(self.mem_limit)}B memory"]
         if self.needs_gpu:
             parts.append(f"{self.gpu_count} GPU{'s' if self.gpu_count > 1 else ''}"
                          + (f" ({self.gpu_model})" if self.gpu_model else ""))

@@ -351,6 +351,17 @@ class Supervisor:
         else:
             lines.append(f"IAM: {s.issuer}")
         lines.append(f"Allowed groups: {', '.join(s['iam']['allowed_groups'])}; admin groups: {', '.join(s['iam']['admin_groups'])}")
+        from .gpu_pool import detect_gpus
+        from .limits import detect_mode
+
+        mode = detect_mode()
+        how = {"cgroup2": "cgroups v2 (memory.max, cpu.max per session)",
+               "cgroup1": "cgroups v1 (memory and cpu controllers, per session)",
+               "rlimit": "process resource limits (no writable cgroup here: per process, weaker)"}[mode]
+        gpus = s["sessions"]["gpus"]
+        gpu_text = (f"{len(gpus)} declared in sessions.gpus" if gpus is not None
+                    else f"{len(detect_gpus())} found by nvidia-smi")
+        lines.append(f"Profiles: {', '.join(p['slug'] for p in s['profiles'])}; limits by {how}; GPUs: {gpu_text}.")
         lines.append("Stop with Ctrl-C or `officina down`.")
         self.say("\n  ".join(lines))
 

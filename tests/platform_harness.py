@@ -277,3 +277,62 @@ def run_in_terminal(platform: Platform, username: str, token: str, command: str,
     text = after.split(marker, 1)[0].replace("\r", "")
     # Terminal control sequences (bash's bracketed-paste switch, colours) are not output.
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def run_in_kernel(platform: Platform, username: str, token: str, code: str, timeout: float = 90,
+                  server_name: str = "") -> dict:
+    """Start a kernel in the user's session, run `code` as a cell, return what a notebook shows:
+    {"stdout": ..., "stderr": ..., "error": ename or None, "traceback": text}."""
+    import asyncio
+    import uuid
+
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    headers = {"Authorization": f"token {token}"}
+    prefix = f"user/{username}/{server_name + '/' if server_name else ''}"
+    base = urljoin(platform.url, prefix)
+    r = httpx.post(base + "api/kernels", headers=headers, json={}, timeout=60)
+    assert r.status_code == 201, r.text
+    kernel_id = r.json()["id"]
+
+    async def talk() -> dict:
+        url = base.replace("http://", "ws://") + f"api/kernels/{kernel_id}/channels"
+        conn = await websocket_connect(HTTPRequest(url, headers=headers))
+        msg_id = uuid.uuid4().hex
+        conn.write_message(json.dumps({
+            "header": {"msg_id": msg_id, "username": username, "session": uuid.uuid4().hex,
+                       "msg_type": "execute_request", "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell",
+            "content": {"code": code, "silent": False, "store_history": True,
+                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+        }))
+        result = {"stdout": "", "stderr": "", "error": None, "traceback": ""}
+        deadline = time.monotonic() + timeout
+        replied = idle = False
+        while not (replied and idle):
+            raw = await asyncio.wait_for(conn.read_message(), max(0.1, deadline - time.monotonic()))
+            if raw is None:
+                result["error"] = result["error"] or "connection closed (kernel died?)"
+                break
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                result[content["name"]] += content["text"]
+            elif kind == "error":
+                result["error"] = content["ename"]
+                result["traceback"] = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(content["traceback"]))
+            elif kind == "execute_reply":
+                replied = True
+            elif kind == "status" and content["execution_state"] == "idle":
+                idle = True
+        conn.close()
+        return result
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, talk()).result()
+    finally:
+        httpx.delete(base + f"api/kernels/{kernel_id}", headers=headers, timeout=30)

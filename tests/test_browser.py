@@ -24,6 +24,11 @@ def iam_login(page, platform, username):
 
 def test_login_reach_jupyterlab_and_run_a_cell(page, platform):
     iam_login(page, platform, "alice")
+    # The spawn form lists the profiles alice's groups allow, the default preselected.
+    page.wait_for_url(re.compile(r".*/hub/spawn.*"))
+    expect(page.locator("label.officina-profile")).to_have_count(2)
+    expect(page.locator("input[name=profile][value=cpu-small]")).to_be_checked()
+    page.get_by_role("button", name=re.compile("Start", re.I)).click()
     page.wait_for_url(re.compile(r".*/user/alice/lab.*"), timeout=120_000)
     # Open a Python notebook from the launcher and wait for its kernel to be idle.
     page.locator(".jp-LauncherCard[data-category='Notebook']").first.click(timeout=60_000)
