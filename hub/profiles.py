@@ -109,6 +109,9 @@ def check_catalogue(raw_profiles: list[dict]) -> str | None:
             return f"{key}.memory.guarantee: {raw['memory']['guarantee']} is more than memory.limit {raw['memory']['limit']}"
         if parse_bytes(raw["memory"]["limit"]) < 256 * 1024**2:
             return f"{key}.memory.limit: {raw['memory']['limit']} is too small for a JupyterLab session (at least 256M)"
+        for j, volume in enumerate(raw["volumes"]):
+            if volume["name"] == "home":
+                return f"{key}.volumes[{j}].name: 'home' is reserved for the user's home volume"
         if raw["gpus"]["mig"] and raw["gpus"]["count"] < 1:
             return f"{key}.gpus.mig: needs gpus.count of at least 1"
     if defaults > 1:

@@ -93,3 +93,32 @@ def test_state_dir_unreachable_by_session_accounts_is_refused(tmp_path):
     assert result.returncode == 1, result
     assert re.search(r"state_dir: per-user accounts cannot reach their homes under .* is not traversable", result.stderr), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_readme_profile_catalogue_example_is_a_valid_configuration(tmp_path):
+    block = re.search(r"## Profiles: what users may run.*?```yaml\n(.*?)```", README.read_text(), re.S).group(1)
+    config = tmp_path / "officina.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n" + block)
+    result = subprocess.run([OFFICINA, "config", "--config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+BAD_CATALOGUES = [
+    ("duplicate slug", "profiles:\n  - {slug: a, display_name: A}\n  - {slug: a, display_name: B}\n",
+     r"profiles\[1\]\.slug: 'a' is used by an earlier profile"),
+    ("guarantee above limit", "profiles:\n  - {slug: a, display_name: A, memory: {guarantee: 4G, limit: 2G}}\n",
+     r"profiles\[0\]\.memory\.guarantee: 4G is more than memory\.limit 2G"),
+    ("bad size", "profiles:\n  - {slug: a, display_name: A, memory: {limit: lots}}\n",
+     r"profiles\.0\.memory\.limit: 'lots' does not have the required form"),
+    ("two defaults", "profiles:\n  - {slug: a, display_name: A, default: true}\n  - {slug: b, display_name: B, default: true}\n",
+     r"profiles: more than one profile has default: true"),
+]
+
+
+@pytest.mark.parametrize("what,text,message", BAD_CATALOGUES, ids=[b[0] for b in BAD_CATALOGUES])
+def test_bad_catalogue_is_refused_with_the_key(tmp_path, what, text, message):
+    config = tmp_path / "officina.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n" + text)
+    result = subprocess.run([OFFICINA, "config", "--config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 2, result
+    assert re.search(message, result.stderr), result.stderr
