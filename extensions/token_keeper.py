@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
@@ -69,7 +70,12 @@ class TokenKeeper:
 
     @classmethod
     def from_environment(cls) -> TokenKeeper | None:
-        url, token, path = (os.environ.get(k) for k in ("OFFICINA_TOKEN_URL", "JUPYTERHUB_API_TOKEN", "BEARER_TOKEN_FILE"))
+        token, path = os.environ.get("JUPYTERHUB_API_TOKEN"), os.environ.get("BEARER_TOKEN_FILE")
+        url = os.environ.get("OFFICINA_TOKEN_URL")
+        if not url and os.environ.get("JUPYTERHUB_API_URL") and os.environ.get("JUPYTERHUB_USER"):
+            # Sessions on Kubernetes: the hub's API URL as JupyterHub hands it to every server.
+            user = quote(os.environ["JUPYTERHUB_USER"], safe="")
+            url = f"{os.environ['JUPYTERHUB_API_URL'].rstrip('/')}/officina/token/{user}"
         if not (url and token and path):
             return None
         return cls(url, token, Path(path))

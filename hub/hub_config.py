@@ -82,6 +82,13 @@ def configure(c, raw_settings: dict) -> None:
     s.gpu_inventory = sessions["gpus"]
     s.gpu_table = str(state.run / "gpus.json")
     s.limits_mode = detect_mode() if settings.run_as_system_accounts or os.geteuid() == 0 else "rlimit"
+    if sessions["spawner"] == "kubernetes":
+        from .kubernetes import kubespawner_config
+
+        c.merge(kubespawner_config(settings))
+        c.OfficinaKubeSpawner.environment = {"BEARER_TOKEN_FILE": "/home/jovyan/.officina/bearer_token"}
+        c.OfficinaKubeSpawner.default_url = sessions["default_url"]
+        c.OfficinaKubeSpawner.start_timeout = sessions["start_timeout"]
     c.JupyterHub.allow_named_servers = sessions["max_named_servers"] > 0
     c.JupyterHub.named_server_limit_per_user = sessions["max_named_servers"]
     s.default_url = sessions["default_url"]

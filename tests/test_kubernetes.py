@@ -19,7 +19,7 @@ from tornado import web
 
 from officina.hub.kubernetes import offline_spawner, render_pod_manifest
 from officina.hub.profiles import ChoiceError
-from officina.hub.settings import load_settings
+from officina.hub.settings import SettingsError, load_settings
 
 # The newest Kubernetes whose schemas kubernetes-validate 1.37 ships.
 KUBERNETES_VERSION = "1.37"
@@ -323,8 +323,9 @@ def test_a_profile_volume_cannot_replace_the_home(tmp_path):
         "    display_name: CPU\n"
         "    volumes: [{name: home, mount_path: /home/jovyan, claim: shared}]\n"
     )
-    with pytest.raises(ValueError, match="profile 'cpu': volume name 'home' is reserved for the user's home volume"):
-        render_pod_manifest(load_settings(config), "alice", [], "cpu")
+    # Refused when the configuration is read, before any spawner sees it.
+    with pytest.raises(SettingsError, match=r"profiles\[0\]\.volumes\[0\]\.name: 'home' is reserved"):
+        load_settings(config)
 
 
 def test_command_line_prints_the_manifest_or_refuses(catalogues, tmp_path):
@@ -351,3 +352,25 @@ def test_a_user_without_any_profile_gets_no_pod(tmp_path):
     )
     with pytest.raises(ChoiceError, match=r"^No profile is available to your IAM groups on this platform\.$"):
         render_pod_manifest(load_settings(config), "dave", ["officina"], None)
+
+
+def test_hub_configuration_selects_kubespawner_from_the_same_catalogue(tmp_path):
+    """`sessions.spawner: kubernetes` makes the hub use OfficinaKubeSpawner with the catalogue."""
+    from traitlets.config import Config
+
+    from officina.hub.hub_config import configure
+    from officina.hub.settings import load_settings
+    from officina.hub.state import StateDir
+
+    config_file = tmp_path / "officina.yaml"
+    config_file.write_text(f"state_dir: {tmp_path / 'state'}\nsessions: {{spawner: kubernetes}}\n")
+    settings = load_settings(config_file)
+    state = StateDir(settings.state_dir)
+    state.prepare(shared_homes=False)
+    for name in ("iam_client_secret", "proxy_auth_token", "culler_api_token", "crypt_key"):
+        state.secret(name)
+    c = Config()
+    configure(c, settings.raw)
+    assert c.JupyterHub.spawner_class == "officina.hub.kubernetes.OfficinaKubeSpawner"
+    assert [p["slug"] for p in c.OfficinaKubeSpawner.profile_catalogue] == ["cpu-small", "cpu-large", "gpu"]
+    assert c.OfficinaKubeSpawner.environment["BEARER_TOKEN_FILE"] == "/home/jovyan/.officina/bearer_token"
