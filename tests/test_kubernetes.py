@@ -68,7 +68,7 @@ EXPECTED = {
     ("default", "cpu-small"): {
         "image": "officina/notebook-cpu:0.1.0",
         "requests": {"cpu": 0.5, "memory": 1 * GIB},
-        "limits": {"cpu": 1.0, "memory": 2 * GIB},
+        "limits": {"cpu": 2.0, "memory": 2 * GIB},
         "node_selector": None,
         "extra_volumes": [],
         "env": {},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time
 
@@ -168,3 +169,15 @@ def test_crashed_hub_is_restarted_and_finds_running_sessions(platform, alice):
     r = alice.http.get(f"{platform.url}user/alice/lab")
     assert r.status_code == 200 and "jupyter-config-data" in r.text
     assert alice.hub_api("GET", "user").json()["servers"][""]["ready"] is True
+
+
+def test_gpu_profile_is_shown_disabled_with_the_reason_when_the_host_has_no_gpu(platform):
+    """This machine has no GPU and the platform declares none: the GPU group sees why."""
+    bob = HubSession(platform, "bob")
+    bob.login_without_session()
+    page = bob.http.get(f"{platform.url}hub/spawn/bob")
+    label = re.search(r'<label class="officina-profile" data-profile="gpu".*?</label>', page.text, re.S)
+    assert label, page.text[-2000:]
+    assert " disabled" in label.group(0) and "This machine has no GPUs." in label.group(0)
+    refused = bob.hub_api("POST", "users/bob/server", json={"profile": "gpu"})
+    assert refused.status_code == 409 and "This machine has no GPUs." in refused.json()["message"]
