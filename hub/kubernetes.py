@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import sys
 import tempfile
 from pathlib import Path
@@ -268,13 +269,24 @@ async def _render(settings, username: str, groups: list[str], profile_slug: str 
     return spawner.api.api_client.sanitize_for_serialization(pod)
 
 
+def run_coroutine(coroutine):
+    """asyncio.run, also from a thread whose event loop is already running (a notebook, or
+    a caller using Playwright's sync API): then in a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def render_pod_manifest(settings, username: str, groups: list[str], profile_slug: str | None) -> dict:
     """The pod manifest KubeSpawner would create for `username` in `groups` starting
     `profile_slug` (None: the user's default profile), rendered offline: no pod runs.
 
     Raises ChoiceError, with the message the spawn form would show, if the user may not use
     that profile."""
-    return asyncio.run(_render(settings, username, groups, profile_slug))
+    return run_coroutine(_render(settings, username, groups, profile_slug))
 
 
 def main(argv: list[str] | None = None) -> int:

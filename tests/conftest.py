@@ -68,8 +68,10 @@ def platform(platform_roots):
         p.emergency_stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    # Module scope: Playwright's sync API keeps an event loop running in the main thread
+    # while it is open, which later modules' own asyncio.run() calls must not meet.
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run scripts/install.sh --test (it installs Debian's chromium)")
     from playwright.sync_api import sync_playwright

@@ -7,7 +7,6 @@ Kubernetes JSON schemas shipped by kubernetes-validate; no pod is started.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 import yaml
 from tornado import web
 
-from officina.hub.kubernetes import offline_spawner, render_pod_manifest
+from officina.hub.kubernetes import offline_spawner, render_pod_manifest, run_coroutine
 from officina.hub.profiles import ChoiceError
 from officina.hub.settings import SettingsError, load_settings
 
@@ -206,7 +205,7 @@ def test_pod_manifest_of_each_profile(catalogues, catalogue, slug, username):
 
 def test_default_profile_is_the_users_default(catalogues):
     manifest = render_pod_manifest(catalogues["default"], "alice", ["officina"], None)
-    assert container_of(manifest)["resources"]["limits"] == {"cpu": 1.0, "memory": 2 * GIB}
+    assert container_of(manifest)["resources"]["limits"] == {"cpu": 2.0, "memory": 2 * GIB}
 
 
 @pytest.mark.parametrize(
@@ -235,7 +234,7 @@ def run_with_spawner(settings, username, groups, scenario):
     async def main():
         return await scenario(offline_spawner(settings, username, groups))
 
-    return asyncio.run(main())
+    return run_coroutine(main())
 
 
 @pytest.mark.parametrize(

@@ -175,9 +175,10 @@ def test_gpu_profile_is_shown_disabled_with_the_reason_when_the_host_has_no_gpu(
     """This machine has no GPU and the platform declares none: the GPU group sees why."""
     bob = HubSession(platform, "bob")
     bob.login_without_session()
-    page = bob.http.get(f"{platform.url}hub/spawn/bob")
+    # A named server's form: bob's default server may already run from an earlier test.
+    page = bob.http.get(f"{platform.url}hub/spawn/bob/probe")
     label = re.search(r'<label class="officina-profile" data-profile="gpu".*?</label>', page.text, re.S)
     assert label, page.text[-2000:]
     assert " disabled" in label.group(0) and "This machine has no GPUs." in label.group(0)
-    refused = bob.hub_api("POST", "users/bob/server", json={"profile": "gpu"})
+    refused = bob.hub_api("POST", "users/bob/servers/probe", json={"profile": "gpu"})
     assert refused.status_code == 409 and "This machine has no GPUs." in refused.json()["message"]
