@@ -93,7 +93,7 @@ class TokenKeeper:
     async def renew(self) -> float:
         """Fetch a token; the seconds until the next renewal."""
         request = HTTPRequest(
-            self.token_url, headers={"Authorization": f"token {self.api_token}"}, request_timeout=30
+            self.token_url, headers={"Authorization": f"token {self.api_token}"}, request_timeout=15
         )
         try:
             response = await AsyncHTTPClient().fetch(request)
@@ -132,6 +132,10 @@ class TokenKeeper:
 
     def _failed(self, message: str) -> float:
         delay = RETRY_SECONDS[min(self._failures, len(RETRY_SECONDS) - 1)]
+        left = self.status.get("expires_at", 0) - time.time() if self.status.get("state") == "valid" else 0
+        if left > 0:
+            # Never back off past the current token's expiry: retry within a third of what is left.
+            delay = max(1, min(delay, left / 3))
         self._failures += 1
         previous = self.status if self.status.get("state") == "valid" else {}
         # Keep the last token's facts: it may well still be valid for a while.

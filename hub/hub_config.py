@@ -67,9 +67,24 @@ def configure(c, raw_settings: dict) -> None:
     from .token_service import SCOPE, SCOPE_DESCRIPTION
 
     c.JupyterHub.custom_scopes = {SCOPE: {"description": SCOPE_DESCRIPTION}}
+    user_scopes = [f"{SCOPE}!user"]
+    services = []
+    dask = settings["dask"]
+    if dask["enabled"]:
+        from .dask_gateway import GATEWAY_SERVICE
+
+        # The gateway is a JupyterHub service: users reach it with their own tokens (the
+        # session's server token included), which need access to the service.
+        services.append({
+            "name": GATEWAY_SERVICE,
+            "api_token": state.secret("dask_gateway_api_token"),
+            "url": f"http://127.0.0.1:{dask['port']}",
+            "display": False,
+        })
+        user_scopes.append(f"access:services!service={GATEWAY_SERVICE}")
     roles = [
-        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", f"{SCOPE}!user"]},
-        {"name": "user", "scopes": ["self", f"{SCOPE}!user"]},
+        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", *user_scopes]},
+        {"name": "user", "scopes": ["self", *user_scopes]},
     ]
 
     # --- sessions ---
@@ -101,7 +116,7 @@ def configure(c, raw_settings: dict) -> None:
 
     # --- the idle culler, a service the supervisor runs ---
     if sessions["idle_timeout"] or sessions["max_age"]:
-        c.JupyterHub.services = [{"name": "idle-culler", "api_token": state.secret("culler_api_token")}]
+        services.append({"name": "idle-culler", "api_token": state.secret("culler_api_token")})
         roles.append(
             {
                 "name": "idle-culler",
@@ -109,6 +124,14 @@ def configure(c, raw_settings: dict) -> None:
                 "services": ["idle-culler"],
             }
         )
+    c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+    if dask["enabled"]:
+        # Sessions find the gateway with no configuration (dask-gateway reads these).
+        c.LocalSessionSpawner.environment = {
+            "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{dask['port']}",
+            "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://127.0.0.1:{dask['port']}",
+            "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+        }
 
     c.JupyterHub.log_level = "INFO"

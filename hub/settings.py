@@ -126,6 +126,9 @@ def _check_consistency(doc: dict, source: str) -> None:
     }
     if not iam["issuer"]:
         ports["iam.standin.port"] = iam["standin"]["port"]
+    if doc["dask"]["enabled"]:
+        ports["dask.port"] = doc["dask"]["port"]
+        ports["dask.api_port"] = doc["dask"]["api_port"]
     seen: dict[int, str] = {}
     for key, port in ports.items():
         if port in seen:

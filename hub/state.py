@@ -20,7 +20,7 @@ import os
 import secrets
 from pathlib import Path
 
-SECRET_NAMES = ("crypt_key", "proxy_auth_token", "culler_api_token", "iam_client_secret")
+SECRET_NAMES = ("crypt_key", "proxy_auth_token", "culler_api_token", "iam_client_secret", "dask_gateway_api_token", "dask_gateway_encrypt_key")
 
 
 def write_private(path: Path, text: str) -> None:
@@ -68,6 +68,12 @@ class StateDir:
             # The crypt key must be 32 bytes hex for JupyterHub's auth-state encryption.
             write_private(path, secrets.token_hex(32))
         return path.read_text().strip()
+
+    def fernet_key(self, name: str) -> str:
+        """A secret as a Fernet key (urlsafe base64 of its 32 bytes), as dask-gateway wants."""
+        import base64
+
+        return base64.urlsafe_b64encode(bytes.fromhex(self.secret(name))).decode()
 
     def home_of(self, hub_username: str) -> Path:
         return self.homes / hub_username

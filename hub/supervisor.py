@@ -187,6 +187,31 @@ class Supervisor:
                 stop_timeout=45,
             )
         )
+        if s["dask"]["enabled"]:
+            # dask/ is traversable (each cluster's folder under clusters/ belongs to its user);
+            # the gateway's database sits in the owner-only db/.
+            (state.root / "dask").mkdir(exist_ok=True)
+            os.chmod(state.root / "dask", 0o711)
+            (state.root / "dask" / "db").mkdir(mode=0o700, exist_ok=True)
+            gateway_config = Path(str(resources.files("officina.hub").joinpath("dask_gateway_config.py")))
+            components.append(
+                Component(
+                    name="dask-gateway",
+                    argv=[str(Path(python).parent / "dask-gateway-server"), "-f", str(gateway_config)],
+                    env={
+                        **base_env,
+                        "OFFICINA_SETTINGS": str(state.settings_file),
+                        # Secrets in the environment only: the hub token and the key that
+                        # encrypts cluster records (TLS keys of schedulers) in its database.
+                        "JUPYTERHUB_API_TOKEN": state.secret("dask_gateway_api_token"),
+                        "DASK_GATEWAY_ENCRYPT_KEYS": state.fernet_key("dask_gateway_encrypt_key"),
+                    },
+                    cwd=state.root / "dask",
+                    health_url=f"http://127.0.0.1:{s['dask']['port']}/api/health",
+                    ready_timeout=60,
+                    stop_timeout=30,
+                )
+            )
         sessions = s["sessions"]
         if sessions["idle_timeout"] or sessions["max_age"]:
             argv = [

@@ -58,11 +58,12 @@ class Platform:
     proc: subprocess.Popen | None = None
 
     def __post_init__(self):
-        hub_port, internal, proxy_api, iam_port = free_ports(4)
+        hub_port, internal, proxy_api, iam_port, dask_port, dask_api = free_ports(6)
         self.config = {
             "state_dir": str(self.root / "state"),
             "hub": {"port": hub_port, "internal_port": internal, "proxy_api_port": proxy_api},
             "iam": {"standin": {"port": iam_port}},
+            "dask": {"port": dask_port, "api_port": dask_api},
         }
         _deep_update(self.config, self.overrides)
         self.config_file = self.root / "officina.yaml"
@@ -77,6 +78,10 @@ class Platform:
     @property
     def issuer(self) -> str:
         return f"http://127.0.0.1:{self.config['iam']['standin']['port']}/"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.config['dask']['port']}"
 
     @property
     def state_dir(self) -> Path:
