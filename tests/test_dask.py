@@ -99,3 +99,28 @@ def test_one_user_cannot_see_connect_to_or_stop_anothers_cluster(platform, alice
         cluster.shutdown()
         gateway.close()
         intruder.close()
+
+
+def test_one_line_cluster_from_a_notebook_kernel(platform, alice):
+    """What a user types in a notebook: officina.lab.dask(workers=2), then compute."""
+    from platform_harness import run_in_kernel
+
+    code = (
+        "import officina.lab as officina\n"
+        "client = officina.dask(workers=2)\n"
+        "print('workers', len(client.scheduler_info()['workers']))\n"
+        "print('result', client.submit(sum, range(100)).result())\n"
+        "print('listed', [c.name for c in officina.dask_clusters()] == [client.cluster.name])\n"
+        "client.cluster.shutdown()\n"
+    )
+    cell = run_in_kernel(platform, "alice", alice.token(), code, timeout=180)
+    assert cell["error"] is None, cell
+    assert "workers 2" in cell["stdout"] and "result 4950" in cell["stdout"] and "listed True" in cell["stdout"]
+
+
+def test_bad_worker_count_is_a_clear_error(platform, alice):
+    from platform_harness import run_in_kernel
+
+    cell = run_in_kernel(platform, "alice", alice.token(), "import officina.lab as o; o.dask(workers=-3)")
+    assert cell["error"] == "ValueError"
+    assert "workers must be a whole number of workers, got -3" in cell["traceback"]
