@@ -351,8 +351,6 @@ class Supervisor:
             self.stop_all()
             self.write_process_table("stopped")
             return 130
-        self.write_process_table("running")
-        self.print_banner()
         return self.watch()
 
     def print_banner(self) -> None:
@@ -398,6 +396,10 @@ class Supervisor:
     def watch(self) -> int:
         code = 0
         try:
+            # Inside the try: a Ctrl-C right after start (while the banner is being made)
+            # is an ordinary stop, not an error.
+            self.write_process_table("running")
+            self.print_banner()
             while True:
                 time.sleep(0.5)
                 for c in self.components:
