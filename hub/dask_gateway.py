@@ -12,19 +12,14 @@ without any way back to root.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pwd
-import stat
 from pathlib import Path
 
 from dask_gateway_server.backends.local import LocalBackend
 from traitlets import Bool, Unicode
 
-from .accounts import system_account_name
-
-PR_SET_NO_NEW_PRIVS = 38
-
+from .accounts import make_session_preexec, system_account_name
 
 def account_of(username: str, system_accounts: bool) -> pwd.struct_passwd:
     """The account a hub user's cluster runs as: theirs (root mode) or the platform's."""
@@ -66,20 +61,10 @@ class OfficinaLocalBackend(LocalBackend):
         return workdir
 
     def make_preexec_fn(self, cluster):
+        # Exactly what a session's process does before exec: drop to the user's account
+        # (root mode), no_new_privs, umask 077; then work in the cluster's folder.
         account = account_of(cluster.username, self.run_as_system_accounts)
-        workdir = cluster.state["workdir"]
-        switch = self.run_as_system_accounts
-
-        def preexec():
-            if switch:
-                os.initgroups(account.pw_name, account.pw_gid)
-                os.setgid(account.pw_gid)
-                os.setuid(account.pw_uid)
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-            os.umask(0o077)
-            os.chdir(workdir)
-
-        return preexec
+        return make_session_preexec(Path(cluster.state["workdir"]), account if self.run_as_system_accounts else None)
 
     def get_env(self, cluster):
         env = super().get_env(cluster)
@@ -100,8 +85,6 @@ def prepare_clusters_directory(path: Path) -> Path:
     """Owned by root, traversable (each cluster's own folder is 0700 and the user's)."""
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o711)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    assert mode == 0o711, mode
     return path
 
 

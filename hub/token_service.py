@@ -65,7 +65,7 @@ class TokenHandler(APIHandler):
             "scope": scope_value,
             "audience": claims.get("aud"),
             "groups": groups_from_claims(claims, self.authenticator.groups_claim)
-            or list(user.groups and [g.name for g in user.groups] or []),
+            or [g.name for g in user.groups],
             "refresh_margin": self.authenticator.token_refresh_margin,
         }
         self.set_header("Content-Type", "application/json")

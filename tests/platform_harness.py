@@ -45,6 +45,17 @@ def officina_accounts() -> set[str]:
     return {p.pw_name for p in pwd.getpwall() if p.pw_name.startswith("officina-")}
 
 
+def wait_for(predicate, timeout: float = 60, what: str = "condition", interval: float = 0.5):
+    """Poll `predicate` until it returns something true (returned), or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 def start_platform(root: Path, **overrides) -> "Platform":
     platform = Platform(root=root, overrides=overrides)
     platform.up()

@@ -12,19 +12,9 @@ import httpx
 import psutil
 import pytest
 
-from platform_harness import OFFICINA, HubSession, run_in_terminal
+from platform_harness import OFFICINA, HubSession, run_in_terminal, wait_for
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def wait_for(predicate, timeout=60, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import psutil
 import pytest
 import yaml
 
-from platform_harness import HubSession, start_platform
+from platform_harness import HubSession, start_platform, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -67,16 +67,6 @@ def session_api(platform, person: HubSession, path: str, method: str = "GET") ->
         person.api_token_for_tests = person.token()
     url = urljoin(platform.url, f"user/{person.username}/officina/api/{path}")
     return httpx.request(method, url, headers={"Authorization": f"token {person.api_token_for_tests}"}, timeout=60)
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def iam_accepts(platform, token: str) -> bool:
