@@ -12,14 +12,21 @@ without any way back to root.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 from pathlib import Path
 
+from dask_gateway_server.backends.base import PublicException
+from dask_gateway_server.backends.db_base import JobStatus
 from dask_gateway_server.backends.local import LocalBackend
-from traitlets import Bool, Unicode
+from dask_gateway_server.utils import format_bytes
+from traitlets import Bool, List, Unicode
 
 from .accounts import make_session_preexec, system_account_name
+from .dask_services import DASHBOARDS_SERVICE, GATEWAY_SERVICE, gateway_db
+from .dask_options import SCHEDULER_CORES, SCHEDULER_MEMORY, ClusterOptionsFactory, limit_for
+
 
 def account_of(username: str, system_accounts: bool) -> pwd.struct_passwd:
     """The account a hub user's cluster runs as: theirs (root mode) or the platform's."""
@@ -33,11 +40,117 @@ def account_of(username: str, system_accounts: bool) -> pwd.struct_passwd:
         ) from None
 
 
-class OfficinaLocalBackend(LocalBackend):
+class UserLimitsMixin:
+    """Per-user limits over all of a user's clusters (dask-gateway only has per-cluster caps).
+
+    The caps of each cluster (`cluster_max_cores`/`_memory`, set from the user's group limit
+    when it was created, see dask_options) are the user's whole allowance; what their other
+    clusters hold is subtracted here: an explicit scale over it is refused with a message,
+    adaptive growth over it is trimmed.
+    """
+
+    dask_limits: list  # a trait of the backend class below
+
+    def _held_by_others(self, username: str, cluster_name: str) -> tuple[int, int]:
+        cores = memory = 0
+        for other in self.db.list_clusters(username=username):
+            if other.name == cluster_name:
+                continue
+            workers = max(other.count, len(other.active_workers()))
+            cores += workers * other.config.get("worker_cores", 1)
+            memory += workers * other.config.get("worker_memory", 0)
+        return cores, memory
+
+    def _allowance(self, cluster) -> tuple[int, int]:
+        config = cluster.config
+        return (int(config.get("cluster_max_cores") - SCHEDULER_CORES),
+                int(config.get("cluster_max_memory") - SCHEDULER_MEMORY))
+
+    def _workers_that_fit(self, cluster, username: str) -> tuple[int, str]:
+        max_cores, max_memory = self._allowance(cluster)
+        used_cores, used_memory = self._held_by_others(username, cluster.name)
+        cores, memory = cluster.config.get("worker_cores", 1), cluster.config.get("worker_memory", 1)
+        fit = max(0, min((max_cores - used_cores) // cores, (max_memory - used_memory) // memory))
+        why = (f"your limit is {max_cores} worker cores and {format_bytes(max_memory)} across your clusters; "
+               f"your other clusters hold {used_cores} cores and {format_bytes(used_memory)}")
+        return int(fit), why
+
+    async def start_cluster(self, user, cluster_options):
+        limit = limit_for(self.dask_limits, user.groups)
+        running = self.db.list_clusters(username=user.name)
+        if len(running) >= limit.max_clusters:
+            if limit.max_clusters == 0:
+                raise PublicException("your groups allow no Dask clusters (no entry of dask.limits applies to you)")
+            raise PublicException(
+                f"you already have {len(running)} Dask cluster{'s' if len(running) != 1 else ''}, "
+                f"the most {limit.source} allows ({limit.max_clusters}); stop one first "
+                f"({', '.join(c.name for c in running)})"
+            )
+        return await super().start_cluster(user, cluster_options)
+
+    async def forward_message_to_scheduler(self, cluster, msg):
+        wanted = msg.get("count") if msg.get("op") == "scale" else msg.get("minimum") if msg.get("op") == "adapt" else None
+        if wanted:
+            record = self.db.get_cluster(cluster.name)
+            fit, why = self._workers_that_fit(record, cluster.username)
+            if wanted > fit:
+                what = "scale to" if msg["op"] == "scale" else "keep at least"
+                raise PublicException(f"cannot {what} {wanted} workers, {fit} fit: {why}")
+        return await super().forward_message_to_scheduler(cluster, msg)
+
+    async def on_cluster_heartbeat(self, cluster_name, msg):
+        # The scheduler asks for its adaptive target here: trim it to what the user has left.
+        record = self.db.get_cluster(cluster_name)
+        if record is not None and record.status == JobStatus.RUNNING and msg.get("count", 0) > record.count:
+            fit, _ = self._workers_that_fit(record, record.username)
+            if msg["count"] > fit:
+                self.log.info("Cluster %s asked for %d workers; %s's limits leave %d",
+                              cluster_name, msg["count"], record.username, fit)
+                msg = {**msg, "count": max(fit, record.count)}
+        return await super().on_cluster_heartbeat(cluster_name, msg)
+
+    async def _cluster_to_running(self, cluster):
+        await super()._cluster_to_running(cluster)
+        low, high = cluster.options.get("adaptive_minimum", 0), cluster.options.get("adaptive_maximum", 0)
+        if high:
+            # Chosen in the options (form or widget): the cluster starts adaptive.
+            asyncio.ensure_future(self._start_adaptive(cluster.name, low, high))
+
+    async def _start_adaptive(self, name: str, low: int, high: int) -> None:
+        record = self.db.get_cluster(name)
+        try:
+            await super().forward_message_to_scheduler(
+                record.to_model(), {"op": "adapt", "minimum": low, "maximum": high, "active": True})
+        except PublicException as exc:
+            self.log.warning("Cluster %s could not start adaptive scaling: %s", name, exc)
+
+    async def _check_cluster_proxied(self, cluster):
+        # Only the scheduler's TLS route (clients authenticate with the cluster's certificate).
+        # Upstream also publishes the dashboard at /clusters/<name>/ on the gateway's proxy,
+        # with no authentication at all; dashboards go through the dask-dashboards service
+        # instead, which checks the JupyterHub login and the cluster's owner.
+        if not cluster.added_to_proxies:
+            await self.proxy.add_route(kind="SNI", sni=cluster.name, target=cluster.scheduler_address)
+            cluster.added_to_proxies = True
+
+
+class OfficinaLocalBackend(UserLimitsMixin, LocalBackend):
+    dask_limits = List(config=True, help="dask.limits of the platform settings.")
     run_as_system_accounts = Bool(
         True, config=True, help="Run clusters as each user's own account (the platform runs as root)."
     )
     homes_dir = Unicode(config=True, help="The platform's folder of user homes (state_dir/homes).")
+    dashboard_prefix = Unicode(
+        config=True, help="Path under which the dask-dashboards service serves dashboards (…/clusters)."
+    )
+
+    def get_scheduler_command(self, cluster):
+        # The dashboard lives at the same path on the scheduler as on the hub's proxy, so the
+        # dask-dashboards service passes pages, static files and websockets through unchanged.
+        command = super().get_scheduler_command(cluster)
+        if self.dashboard_prefix:
+            command += ["--dashboard-prefix", f"{self.dashboard_prefix.rstrip('/')}/{cluster.name}"]
+        return command
 
     def set_file_permissions(self, paths, username):
         account = account_of(username, self.run_as_system_accounts)
@@ -106,17 +219,21 @@ def configure(c, raw_settings: dict) -> None:
     c.DaskGateway.backend_class = "officina.hub.dask_gateway.OfficinaLocalBackend"
     c.OfficinaLocalBackend.run_as_system_accounts = settings.run_as_system_accounts
     c.OfficinaLocalBackend.homes_dir = str(state.homes)
+    c.OfficinaLocalBackend.dashboard_prefix = f"{hub['base_url']}services/{DASHBOARDS_SERVICE}/clusters"
     c.OfficinaLocalBackend.clusters_directory = str(prepare_clusters_directory(state.root / "dask" / "clusters"))
     # Cluster records survive a gateway restart (encrypted with a key from the state dir).
-    c.DBBackendBase.db_url = f"sqlite:///{state.root / 'dask' / 'db' / 'gateway.sqlite'}"
+    c.DBBackendBase.db_url = f"sqlite:///{gateway_db(state)}"
     c.DBBackendBase.db_cleanup_period = 600
     c.ClusterConfig.scheduler_cmd = [str(venv_bin / "dask"), "scheduler"]
     c.ClusterConfig.worker_cmd = [str(venv_bin / "dask"), "worker"]
     c.ClusterConfig.idle_timeout = dask["idle_timeout"]
-    c.ClusterConfig.worker_cores = 1
-    c.ClusterConfig.worker_memory = "1 G"
-    c.ClusterConfig.scheduler_cores = 1
-    c.ClusterConfig.scheduler_memory = "1 G"
+    c.ClusterConfig.scheduler_cores = SCHEDULER_CORES
+    c.ClusterConfig.scheduler_memory = SCHEDULER_MEMORY
+    c.OfficinaLocalBackend.dask_limits = dask["limits"]
+    c.Backend.cluster_options = ClusterOptionsFactory(
+        options=dask["options"], limits=dask["limits"], profiles=settings["profiles"],
+        kubernetes=settings["sessions"]["spawner"] == "kubernetes", platform_bin=venv_bin,
+    )
     c.OfficinaLocalBackend.inherited_environment = ["LANG", "LC_ALL"]
     c.ClusterConfig.environment = {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"}
 
@@ -126,4 +243,4 @@ def configure(c, raw_settings: dict) -> None:
     # The gateway's own hub token arrives in JUPYTERHUB_API_TOKEN (environment, not argv).
 
 
-GATEWAY_SERVICE = "dask-gateway"
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from .limits import detect_mode
@@ -71,7 +72,7 @@ def configure(c, raw_settings: dict) -> None:
     services = []
     dask = settings["dask"]
     if dask["enabled"]:
-        from .dask_gateway import GATEWAY_SERVICE
+        from .dask_services import DASHBOARDS_SERVICE, GATEWAY_SERVICE, gateway_db
 
         # The gateway is a JupyterHub service: users reach it with their own tokens (the
         # session's server token included), which need access to the service.
@@ -82,8 +83,18 @@ def configure(c, raw_settings: dict) -> None:
             "display": False,
         })
         user_scopes.append(f"access:services!service={GATEWAY_SERVICE}")
+        # Dashboards: a hub-managed service with its own OAuth client (see dask_dashboards).
+        services.append({
+            "name": DASHBOARDS_SERVICE,
+            "url": f"http://127.0.0.1:{dask['dashboards_port']}",
+            "command": [sys.executable, "-m", "officina.hub.dask_dashboards"],
+            "environment": {"OFFICINA_DASK_DB": str(gateway_db(state))},
+            "oauth_no_confirm": True,
+            "display": False,
+        })
+        user_scopes.append(f"access:services!service={DASHBOARDS_SERVICE}")
     roles = [
-        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", *user_scopes]},
+        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", "read:users:groups!user", *user_scopes]},
         {"name": "user", "scopes": ["self", *user_scopes]},
     ]
 
@@ -132,6 +143,8 @@ def configure(c, raw_settings: dict) -> None:
             "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{dask['port']}",
             "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://127.0.0.1:{dask['port']}",
             "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+            # Dashboard links point at the hub's proxy, behind the login.
+            "DASK_GATEWAY__PUBLIC_ADDRESS": f"{settings.public_url}services/{DASHBOARDS_SERVICE}",
         }
 
     c.JupyterHub.log_level = "INFO"

@@ -129,6 +129,7 @@ def _check_consistency(doc: dict, source: str) -> None:
     if doc["dask"]["enabled"]:
         ports["dask.port"] = doc["dask"]["port"]
         ports["dask.api_port"] = doc["dask"]["api_port"]
+        ports["dask.dashboards_port"] = doc["dask"]["dashboards_port"]
     seen: dict[int, str] = {}
     for key, port in ports.items():
         if port in seen:
@@ -163,7 +164,9 @@ def _check_consistency(doc: dict, source: str) -> None:
         )
     from .profiles import check_catalogue
 
-    problem = check_catalogue(doc["profiles"])
+    from .dask_options import check_dask_settings
+
+    problem = check_catalogue(doc["profiles"]) or check_dask_settings(doc["dask"])
     if problem:
         raise SettingsError(f"{source}: {problem}")
     state = Path(doc["state_dir"])
