@@ -4,6 +4,7 @@ The widgets arrive with the capabilities they drive; each is generated from the 
 declaration the server validates against.
 """
 
+from .dask_clusters import DaskClusters
 from .session_status import SessionStatus
 
-__all__ = ["SessionStatus"]
+__all__ = ["DaskClusters", "SessionStatus"]
