@@ -10,7 +10,7 @@ A Jupyter server extension that every session loads (its REST API lives under
 
 from __future__ import annotations
 
-from .clusters import connect_dask, dask, dask_clusters
+from .clusters import connect_dask, dask, dask_clusters, stop_dask
 from .handlers import setup_handlers
 from .token_keeper import read_status as token_status
 

@@ -39,6 +39,20 @@ def _progress(total: int):
     return update
 
 
+def new_cluster(gateway, cluster_options=None, **options):
+    """Submit, then connect: the way to create a cluster that survives a refusal.
+
+    dask-gateway 2026.3's `new_cluster` builds a GatewayCluster before the gateway answers; when
+    the gateway refuses (a limit, a bad option) that half-built object's own client is later
+    garbage-collected on the client's event-loop thread, where its `close()` waits on that same
+    loop: the next call hangs forever. `submit` raises the refusal with nothing half-built.
+    The cluster outlives this kernel and session (list and reconnect later); it stops when
+    you stop it, or after `dask.idle_timeout` with nobody connected.
+    """
+    name = gateway.submit(cluster_options, **options)
+    return gateway.connect(name, shutdown_on_close=False)
+
+
 def dask(workers: int | None = None, adaptive: tuple[int, int] | None = None,
          timeout: float = 300, **options):
     """A new Dask cluster for this user and a client connected to it.
@@ -54,7 +68,7 @@ def dask(workers: int | None = None, adaptive: tuple[int, int] | None = None,
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers must be a whole number of workers, got {workers!r}")
     gateway = Gateway()
-    cluster = gateway.new_cluster(**options)
+    cluster = new_cluster(gateway, **options)
     if adaptive is not None:
         low, high = adaptive
         cluster.adapt(minimum=low, maximum=high)
@@ -87,3 +101,10 @@ def connect_dask(name: str):
     from dask_gateway import Gateway
 
     return Gateway().connect(name).get_client()
+
+
+def stop_dask(name: str) -> None:
+    """Stop one of this user's clusters by name (see dask_clusters())."""
+    from dask_gateway import Gateway
+
+    Gateway().stop_cluster(name)

@@ -213,6 +213,16 @@ def configure(c, raw_settings: dict) -> None:
     state = StateDir(settings.state_dir)
     hub, dask = settings["hub"], settings["dask"]
     venv_bin = Path(sys.executable).parent
+    options = ClusterOptionsFactory(
+        options=dask["options"], limits=dask["limits"], profiles=settings["profiles"],
+        kubernetes=settings["sessions"]["spawner"] == "kubernetes", platform_bin=venv_bin,
+    )
+    if settings["sessions"]["spawner"] == "kubernetes":
+        # The gateway's Kubernetes backend, from the same settings and the same options.
+        from .dask_gateway_kubernetes import configure_kubernetes
+
+        configure_kubernetes(c, settings, state, cluster_options=options)
+        return
 
     c.DaskGateway.address = f"127.0.0.1:{dask['api_port']}"
     c.Proxy.address = f"127.0.0.1:{dask['port']}"
@@ -230,10 +240,7 @@ def configure(c, raw_settings: dict) -> None:
     c.ClusterConfig.scheduler_cores = SCHEDULER_CORES
     c.ClusterConfig.scheduler_memory = SCHEDULER_MEMORY
     c.OfficinaLocalBackend.dask_limits = dask["limits"]
-    c.Backend.cluster_options = ClusterOptionsFactory(
-        options=dask["options"], limits=dask["limits"], profiles=settings["profiles"],
-        kubernetes=settings["sessions"]["spawner"] == "kubernetes", platform_bin=venv_bin,
-    )
+    c.Backend.cluster_options = options
     c.OfficinaLocalBackend.inherited_environment = ["LANG", "LC_ALL"]
     c.ClusterConfig.environment = {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"}
 

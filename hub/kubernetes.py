@@ -294,20 +294,34 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m officina.hub.kubernetes",
-        description="Print the pod manifest KubeSpawner would create for a user and profile (offline; nothing is started).",
+        description="Print the pod manifest KubeSpawner would create for a user and profile, or with --dask "
+        "what a Dask cluster of the user becomes (offline; nothing is started).",
     )
     parser.add_argument("--config", help="officina.yaml (default: the embedded defaults)")
     parser.add_argument("--user", required=True, help="hub username")
     parser.add_argument("--groups", nargs="*", action="extend", default=[], help="the user's IAM groups")
     parser.add_argument("--profile", help="profile slug (default: the user's default profile)")
+    parser.add_argument(
+        "--dask",
+        action="store_true",
+        help="print instead the objects of a sample Dask cluster of the user: the DaskCluster the gateway "
+        "creates, then the controller's Secret (a throwaway key pair), scheduler Pod and Service, one worker Pod",
+    )
     args = parser.parse_args(argv)
+    if args.dask and args.profile:
+        parser.error("--profile chooses a session; Dask clusters run the catalogue's default CPU image")
     try:
         settings = load_settings(args.config)
-        manifest = render_pod_manifest(settings, args.user, args.groups, args.profile)
+        if args.dask:
+            from .dask_gateway_kubernetes import render_cluster_manifests
+
+            manifests = list(render_cluster_manifests(settings, args.user, args.groups).values())
+        else:
+            manifests = [render_pod_manifest(settings, args.user, args.groups, args.profile)]
     except (SettingsError, ChoiceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    yaml.safe_dump(manifest, sys.stdout, sort_keys=False)
+    yaml.safe_dump_all(manifests, sys.stdout, sort_keys=False)
     return 0
 
 

@@ -13,6 +13,8 @@ import time
 
 import ipywidgets as widgets
 
+from officina.lab.clusters import new_cluster
+
 _ERROR = "color:#cf222e"
 _OK = "color:#1a7f37"
 _WARN = "color:#9a6700"
@@ -164,7 +166,7 @@ class DaskClusters(widgets.VBox):
 
     def create(self, workers: int) -> bool:
         def create():
-            cluster = self.gateway.new_cluster(self.options, shutdown_on_close=False)
+            cluster = new_cluster(self.gateway, self.options)
             adaptive = self.options.get("adaptive_maximum", 0)
             if adaptive:
                 # Started adaptive by the gateway (from the options): wait for its minimum.

@@ -1,0 +1,108 @@
+"""Every tutorial in example-notebooks/ runs as a user runs it: uploaded into their session and
+executed there, as their account, against the embedded platform; then read back and checked
+for what the user would look at."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from urllib.parse import quote, urljoin
+
+import httpx
+import pytest
+
+from platform_harness import HubSession, run_in_terminal, wait_for
+
+pytestmark = pytest.mark.timeout(600)
+
+FOLDER = Path(__file__).resolve().parent.parent / "example-notebooks"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+NOTEBOOKS = sorted(FOLDER.glob("*.ipynb"))
+EXECUTION_TIMEOUT = 300  # s per cell, and about the whole notebook's budget
+
+
+def test_the_folder_has_notebooks():
+    # An empty parameter list would only skip the test below; an empty folder is a failure.
+    assert NOTEBOOKS, f"no notebooks in {FOLDER}"
+
+
+@pytest.fixture(scope="module")
+def alice(platform):
+    person = HubSession(platform, "alice")
+    person.login()
+    person.start_server()
+    return person
+
+
+@pytest.fixture(scope="module")
+def alice_token(alice):
+    return alice.token()
+
+
+def outputs(notebook: dict) -> list[dict]:
+    return [out for cell in notebook["cells"] if cell["cell_type"] == "code" for out in cell["outputs"]]
+
+
+def printed(notebook: dict) -> str:
+    return "".join(out["text"] for out in outputs(notebook) if out["output_type"] == "stream")
+
+
+def check_dimuon_analysis(platform, notebook: dict) -> None:
+    text = printed(notebook)
+    fitted = re.search(r"Fitted Z mass:\s+([\d.]+)", text)
+    assert fitted, text
+    assert abs(float(fitted.group(1)) - 91.19) < 0.5, fitted.group(0)
+    assert any("image/png" in out.get("data", {}) for out in outputs(notebook)), "no plot"
+    link = re.search(r"Dashboard: (\S+)", text)
+    assert link, text
+    # Behind the hub's login, on the address a browser uses: not the gateway's own port.
+    assert link.group(1).startswith(urljoin(platform.url, "services/dask-dashboards/clusters/")), link.group(1)
+
+
+# What each tutorial shows its reader, beyond running without errors.
+EXPECTED = {"dask-dimuon-analysis.ipynb": check_dimuon_analysis}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_in_a_session(platform, alice, alice_token, path):
+    headers = {"Authorization": f"token {alice_token}"}
+    contents = urljoin(platform.url, "user/alice/api/contents/")
+    executed = f"executed-{path.name}"
+    r = httpx.put(contents + quote(path.name), headers=headers, timeout=30,
+                  json={"type": "notebook", "format": "json", "content": json.loads(path.read_text())})
+    assert r.status_code in (200, 201), r.text
+
+    started = time.monotonic()
+    log = run_in_terminal(
+        platform, "alice", alice_token,
+        f"jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout={EXECUTION_TIMEOUT}"
+        f" --output {executed} {path.name}; echo nbconvert-exit=$?",
+        timeout=EXECUTION_TIMEOUT + 60,
+    )
+    took = time.monotonic() - started
+    assert "nbconvert-exit=0" in log, log
+
+    r = httpx.get(contents + quote(executed), headers=headers, params={"content": 1}, timeout=30)
+    assert r.status_code == 200, r.text
+    notebook = r.json()["content"]
+    ARTIFACTS.mkdir(exist_ok=True)  # to look at, whether or not the checks below pass
+    (ARTIFACTS / executed).write_text(json.dumps(notebook, indent=1))
+    code_cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    assert all(cell["execution_count"] for cell in code_cells), "not every cell ran"
+    errors = [out for out in outputs(notebook) if out["output_type"] == "error"]
+    assert not errors, [(e["ename"], e["evalue"]) for e in errors]
+    if path.name in EXPECTED:
+        EXPECTED[path.name](platform, notebook)
+
+    # A tutorial cleans up after itself: no cluster of alice's is left running. (The gateway's
+    # REST API, not dask_gateway.Gateway, whose close() raises when called again by __del__.)
+    def no_clusters() -> bool:
+        r = httpx.get(f"{platform.gateway_url}/api/v1/clusters/", timeout=10,
+                      headers={"Authorization": f"jupyterhub {alice_token}"})
+        assert r.status_code == 200, r.text
+        return r.json() == {}
+
+    wait_for(no_clusters, timeout=30, what=f"{path.name}'s clusters to stop")
+    print(f"{path.name}: executed in alice's session in {took:.0f} s")
