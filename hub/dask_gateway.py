@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import time
 from pathlib import Path
 
 from dask_gateway_server.backends.base import PublicException
@@ -51,12 +52,26 @@ class UserLimitsMixin:
 
     dask_limits: list  # a trait of the backend class below
 
+    @property
+    def _granted(self) -> dict[str, tuple[int, float]]:
+        """Workers granted per cluster by scale/adapt (and when), until heartbeats report them."""
+        if not hasattr(self, "_granted_counts"):
+            self._granted_counts = {}
+        return self._granted_counts
+
+    def _granted_now(self, name: str) -> int:
+        count, when = self._granted.get(name, (0, 0.0))
+        # Two heartbeats later the scheduler's own count is the truth (adaptive may lower it).
+        return count if time.monotonic() - when < 2 * self.cluster_heartbeat_period + 5 else 0
+
     def _held_by_others(self, username: str, cluster_name: str) -> tuple[int, int]:
         cores = memory = 0
         for other in self.db.list_clusters(username=username):
             if other.name == cluster_name:
                 continue
-            workers = max(other.count, len(other.active_workers()))
+            # The scheduler reports a new count only at its next heartbeat: a scale just
+            # granted counts at once.
+            workers = max(other.count, len(other.active_workers()), self._granted_now(other.name))
             cores += workers * other.config.get("worker_cores", 1)
             memory += workers * other.config.get("worker_memory", 0)
         return cores, memory
@@ -96,7 +111,10 @@ class UserLimitsMixin:
             if wanted > fit:
                 what = "scale to" if msg["op"] == "scale" else "keep at least"
                 raise PublicException(f"cannot {what} {wanted} workers, {fit} fit: {why}")
-        return await super().forward_message_to_scheduler(cluster, msg)
+        result = await super().forward_message_to_scheduler(cluster, msg)
+        if msg.get("op") in ("scale", "adapt"):
+            self._granted[cluster.name] = (wanted or 0, time.monotonic())
+        return result
 
     async def on_cluster_heartbeat(self, cluster_name, msg):
         # The scheduler asks for its adaptive target here: trim it to what the user has left.
