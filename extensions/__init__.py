@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .clusters import connect_dask, dask, dask_clusters, stop_dask
 from .handlers import setup_handlers
+from .resources import spark, spark_clusters, stop_spark
 from .token_keeper import read_status as token_status
 
 __version__ = "0.1.0"

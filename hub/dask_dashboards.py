@@ -29,8 +29,8 @@ RUNNING = 3  # dask_gateway_server.backends.db_base.JobStatus.RUNNING, as stored
 # Headers that belong to one hop, or to the hub (its login cookie never reaches a scheduler).
 DROPPED_REQUEST_HEADERS = {"host", "cookie", "authorization", "connection", "upgrade", "keep-alive",
                            "transfer-encoding", "te", "proxy-authorization", "content-length"}
-DROPPED_RESPONSE_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length",
-                            "content-encoding", "set-cookie"}
+# (The body is passed on as it came, so its Content-Encoding stays with it.)
+DROPPED_RESPONSE_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "set-cookie"}
 
 
 class ClusterDirectory:
@@ -56,6 +56,7 @@ class DashboardProxy(HubOAuthenticated, websocket.WebSocketHandler):
     """HTTP and websocket traffic to one of the user's own cluster dashboards."""
 
     SUPPORTED_METHODS = ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")
+    location_prefix = ""  # what precedes upstream paths in the user's URLs (schedulers: nothing)
 
     def initialize(self, directory: ClusterDirectory):
         self.directory = directory
@@ -108,8 +109,9 @@ class DashboardProxy(HubOAuthenticated, websocket.WebSocketHandler):
         for name, value in response.headers.get_all():
             if name.lower() in DROPPED_RESPONSE_HEADERS:
                 continue
-            if name.lower() == "location" and value.startswith(base):
-                value = value[len(base.rstrip("/")):]  # absolute redirects to the scheduler itself
+            if name.lower() == "location" and value.startswith(base.rstrip("/")):
+                # An absolute redirect to the upstream itself: back to the path the user sees.
+                value = self.location_prefix + value[len(base.rstrip("/")):]
             self.add_header(name, value)
         if self.request.method != "HEAD" and response.body:
             self.write(response.body)

@@ -93,6 +93,25 @@ def configure(c, raw_settings: dict) -> None:
             "display": False,
         })
         user_scopes.append(f"access:services!service={DASHBOARDS_SERVICE}")
+    resources = settings["resources"]
+    if resources["enabled"]:
+        from .resources.service import SCOPE as RESOURCES_SCOPE, SCOPE_DESCRIPTION as RESOURCES_DESCRIPTION
+
+        # Spark clusters (and next kinds) are started on the hub's side, by this service, for
+        # users whose tokens carry the scope; sessions hold no power to start anything.
+        c.JupyterHub.custom_scopes[RESOURCES_SCOPE] = {"description": RESOURCES_DESCRIPTION}
+        services.append({
+            "name": "resources",
+            "url": f"http://127.0.0.1:{resources['port']}",
+            "command": [sys.executable, "-m", "officina.hub.resources.service"],
+            "environment": {
+                "OFFICINA_SETTINGS": str(state.settings_file),
+                "OFFICINA_RESOURCES_PUBLIC": f"{settings.public_url}services/resources/",
+            },
+            "oauth_no_confirm": True,
+            "display": False,
+        })
+        user_scopes += [f"{RESOURCES_SCOPE}!user", "access:services!service=resources"]
     roles = [
         {"name": "server", "scopes": ["users:activity!user", "access:servers!server", "read:users:groups!user", *user_scopes]},
         {"name": "user", "scopes": ["self", *user_scopes]},
@@ -137,14 +156,19 @@ def configure(c, raw_settings: dict) -> None:
         )
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+    session_env = {}
+    if resources["enabled"]:
+        session_env["OFFICINA_RESOURCES_URL"] = (
+            f"http://127.0.0.1:{resources['port']}{settings['hub']['base_url']}services/resources/")
     if dask["enabled"]:
         # Sessions find the gateway with no configuration (dask-gateway reads these).
-        c.LocalSessionSpawner.environment = {
+        session_env.update({
             "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{dask['port']}",
             "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://127.0.0.1:{dask['port']}",
             "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
             # Dashboard links point at the hub's proxy, behind the login.
             "DASK_GATEWAY__PUBLIC_ADDRESS": f"{settings.public_url}services/{DASHBOARDS_SERVICE}",
-        }
+        })
+    c.LocalSessionSpawner.environment = session_env
 
     c.JupyterHub.log_level = "INFO"

@@ -130,6 +130,8 @@ def _check_consistency(doc: dict, source: str) -> None:
         ports["dask.port"] = doc["dask"]["port"]
         ports["dask.api_port"] = doc["dask"]["api_port"]
         ports["dask.dashboards_port"] = doc["dask"]["dashboards_port"]
+    if doc["resources"]["enabled"]:
+        ports["resources.port"] = doc["resources"]["port"]
     seen: dict[int, str] = {}
     for key, port in ports.items():
         if port in seen:

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 with_tests=0
 [ "${1:-}" = "--test" ] && with_tests=1
 
-apt_packages=(python3 python3-venv python3-dev passwd)
+apt_packages=(python3 python3-venv python3-dev passwd openjdk-17-jre-headless debootstrap)
 [ "$with_tests" = 1 ] && apt_packages+=(chromium fonts-dejavu-core)
 missing=()
 for p in "${apt_packages[@]}"; do

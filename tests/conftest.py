@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -31,13 +32,20 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _remove_test_accounts():
-    """System accounts the suite's platforms created are removed at the end of the run."""
+def _remove_test_accounts(platform_roots):
+    """System accounts this run's platforms created are removed at the end of the run: those
+    new since the start whose home is under this run's platform folders (another run on the
+    same machine, or a person's platform, keeps its own)."""
     before = officina_accounts() if os.geteuid() == 0 else set()
     yield
     if os.geteuid() == 0:
         for name in sorted(officina_accounts() - before):
-            subprocess.run(["userdel", name], capture_output=True)
+            try:
+                home = pwd.getpwnam(name).pw_dir
+            except KeyError:
+                continue
+            if home.startswith(str(platform_roots.base) + os.sep):
+                subprocess.run(["userdel", name], capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +61,7 @@ def platform_roots():
         root.mkdir(mode=0o711)
         return root
 
+    make.base = base
     yield make
     shutil.rmtree(base, ignore_errors=True)
 

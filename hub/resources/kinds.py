@@ -1,0 +1,111 @@
+"""Resource kinds as declared in officina.yaml (`resources.<kind>.options`), and quotas.
+
+A kind's declaration is the only description of its options: the engine validates requests
+with it, the API serves it (`GET .../api/kinds`) as a JSON schema, and the clusters widget
+builds its form from that answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..profiles import parse_bytes
+
+GIB = 2**30
+
+
+class OptionError(ValueError):
+    """A request value out of the declaration; the message names the field."""
+
+
+class QuotaError(Exception):
+    """Over the user's group quota; the message names the limit."""
+
+
+@dataclass(frozen=True)
+class NumberOption:
+    name: str
+    label: str
+    default: float
+    minimum: float
+    maximum: float
+    integer: bool
+
+    def check(self, value) -> float:
+        if value is None:
+            return self.default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and not isinstance(value, int)):
+            raise OptionError(f"{self.name}: {'a whole number' if self.integer else 'a number'} is needed, got {value!r}")
+        if value < self.minimum:
+            raise OptionError(f"{self.name}: at least {self.minimum:g}, got {value:g}")
+        if value > self.maximum:
+            raise OptionError(f"{self.name}: at most {self.maximum:g}, got {value:g}")
+        return value
+
+    def schema(self) -> dict:
+        return {"type": "integer" if self.integer else "number", "title": self.label,
+                "default": self.default, "minimum": self.minimum, "maximum": self.maximum}
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    kind: str
+    title: str
+    workers: NumberOption
+    options: tuple[NumberOption, ...]   # worker_cores, worker_memory (GiB)
+
+    @classmethod
+    def from_settings(cls, kind: str, title: str, raw: dict) -> KindSpec:
+        w, c, m = raw["workers"], raw["worker_cores"], raw["worker_memory"]
+        return cls(
+            kind=kind, title=title,
+            workers=NumberOption("workers", "Workers", w["default"], 0, w["max"], True),
+            options=(
+                NumberOption("worker_cores", "Cores per worker", c["default"], 1, c["max"], True),
+                NumberOption("worker_memory", "Memory per worker (GiB)", m["default"], 0.5, m["max"], False),
+            ),
+        )
+
+    def validate(self, request: dict) -> tuple[dict, int]:
+        if not isinstance(request, dict):
+            raise OptionError("the request must be a JSON object")
+        known = {o.name for o in self.options} | {"workers", "kind"}
+        unknown = sorted(set(request) - known)
+        if unknown:
+            raise OptionError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for {self.kind} "
+                              f"(known: {', '.join(sorted(known - {'kind'}))})")
+        options = {o.name: o.check(request.get(o.name)) for o in self.options}
+        return options, int(self.workers.check(request.get("workers")))
+
+    def validate_workers(self, value) -> int:
+        return int(self.workers.check(value if value is not None else -1))
+
+    def cores(self, options: dict, workers: int) -> float:
+        return workers * options["worker_cores"]
+
+    def memory(self, options: dict, workers: int) -> float:
+        return workers * options["worker_memory"]
+
+    def schema(self) -> dict:
+        props = {"workers": self.workers.schema(), **{o.name: o.schema() for o in self.options}}
+        return {"title": self.title, "type": "object", "additionalProperties": False, "properties": props}
+
+
+@dataclass(frozen=True)
+class Quota:
+    groups: tuple[str, ...]
+    max_resources: int
+    max_cores: float
+    max_memory_gib: float
+
+    @property
+    def source(self) -> str:
+        return "the quota for everyone" if not self.groups else "the quota of group " + " / ".join(self.groups)
+
+
+def quota_for(limits: list[dict], groups) -> Quota:
+    for raw in limits:
+        if not raw.get("groups") or set(raw["groups"]) & set(groups or ()):
+            return Quota(tuple(raw.get("groups", ())), raw["max_resources"], raw["max_cores"],
+                         parse_bytes(raw["max_memory"]) / GIB)
+    return Quota(("(none of yours)",), 0, 0, 0)

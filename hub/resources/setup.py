@@ -1,0 +1,49 @@
+"""The resource manager assembled from the platform settings (kinds, backends, quotas)."""
+
+from __future__ import annotations
+
+import pwd
+from pathlib import Path
+
+from ..accounts import system_account_name
+from ..settings import Settings
+from ..state import StateDir
+from .contract import BackendError, Owner
+from .kinds import KindSpec
+from .manager import Engine, RecordStore
+
+KIND_TITLES = {"spark": "Spark cluster"}
+
+
+def engine_from_settings(raw_settings: dict) -> Engine:
+    settings = Settings(raw=raw_settings, source="resource manager")
+    state = StateDir(settings.state_dir)
+    resources = settings["resources"]
+    root = state.root / "resources"
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o711)  # each resource's own folder is the user's and 0700
+
+    kinds = {"spark": KindSpec.from_settings("spark", KIND_TITLES["spark"], resources["spark"]["options"])}
+    from .spark_local import LocalSparkBackend
+
+    work = root / "spark"
+    work.mkdir(exist_ok=True)
+    work.chmod(0o711)
+    prefix = f"{settings['hub']['base_url']}services/resources/ui/{{id}}"
+    backends = {"spark": LocalSparkBackend(work_root=work, ui_prefix=prefix)}
+    system_accounts = settings.run_as_system_accounts
+
+    def owner_of(username: str, groups) -> Owner:
+        home = state.homes / username
+        account = None
+        if system_accounts:
+            account = system_account_name(username)
+            try:
+                pwd.getpwnam(account)
+            except KeyError:
+                raise BackendError(f"{username} has no session account yet: start a session once first") from None
+        return Owner(name=username, groups=tuple(groups), account=account, home=str(home),
+                     token_file=str(Path(home) / ".officina" / "bearer_token"))
+
+    return Engine(store=RecordStore(root / "records"), kinds=kinds, backends=backends,
+                  limits=resources["limits"], owner_of=owner_of, idle_timeout=resources["idle_timeout"])

@@ -1,0 +1,35 @@
+"""A resource's web UI (the Spark master UI) through the hub's proxy, for its owner only.
+
+The same authenticated pass-through as the Dask dashboards (dask_dashboards.DashboardProxy),
+with the owner and address taken from the resource manager's records.
+"""
+
+from __future__ import annotations
+
+from tornado import web
+
+from ..dask_dashboards import DashboardProxy
+from .contract import Phase
+
+
+class ResourceUIProxy(DashboardProxy):
+    """Unlike schedulers, Spark's UI serves at its root: the prefix is taken off on the way in
+    and put back on its redirects (its links carry it already: spark.ui.reverseProxyUrl)."""
+
+    def initialize(self, engine):
+        self.engine = engine
+        self.upstream_ws = None
+
+    def _url(self, base: str) -> str:
+        path = self.request.uri[len(self.location_prefix):] or "/"
+        return base.rstrip("/") + (path if path.startswith("/") else "/" + path)
+
+    def _target(self, resource_id: str) -> str:
+        user = self.current_user
+        resource = self.engine.resources.get(resource_id)
+        if resource is None or resource.owner != user["name"] or resource.phase != Phase.RUNNING \
+                or not resource.endpoints.get("ui"):
+            raise web.HTTPError(404, f"You have no running resource {resource_id} with a web UI.")
+        self.engine.touch(resource)
+        self.location_prefix = self.request.uri.split(f"/ui/{resource_id}", 1)[0] + f"/ui/{resource_id}"
+        return resource.endpoints["ui"]
