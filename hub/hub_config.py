@@ -126,6 +126,11 @@ def configure(c, raw_settings: dict) -> None:
     s.profiles = settings["profiles"]
     s.gpu_inventory = sessions["gpus"]
     s.gpu_table = str(state.run / "gpus.json")
+    condor = settings["condor"]
+    if condor["enabled"] is not False:
+        # The supervisor runs the pool when the host can; each session start mints a token.
+        s.condor_pool = {"root": condor["root"], "state": str(state.root / "condor"), "port": condor["port"],
+                         "token_lifetime": condor["token_lifetime"]}
     s.limits_mode = detect_mode() if settings.run_as_system_accounts or os.geteuid() == 0 else "rlimit"
     if sessions["spawner"] == "kubernetes":
         from .kubernetes import kubespawner_config

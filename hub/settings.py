@@ -132,6 +132,8 @@ def _check_consistency(doc: dict, source: str) -> None:
         ports["dask.dashboards_port"] = doc["dask"]["dashboards_port"]
     if doc["resources"]["enabled"]:
         ports["resources.port"] = doc["resources"]["port"]
+    if doc["condor"]["enabled"] is not False:
+        ports["condor.port"] = doc["condor"]["port"]
     seen: dict[int, str] = {}
     for key, port in ports.items():
         if port in seen:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
 from tornado import web
-from traitlets import Bool, List, Unicode, default
+from traitlets import Bool, Dict, List, Unicode, default
 
 from .accounts import ensure_account, make_session_preexec, write_server_pidfile
 from .authenticator import token_url_for
@@ -52,6 +52,10 @@ class LocalSessionSpawner(LocalProcessSpawner):
     profiles = List(config=True, help="The profile catalogue (settings `profiles`, defaults filled in).")
     gpu_inventory = List(None, allow_none=True, config=True, help="[{index, model}]; None: ask nvidia-smi.")
     gpu_table = Unicode(config=True, help="JSON file of the GPU pool's claims.")
+    condor_pool = Dict(
+        config=True,
+        help="The embedded HTCondor pool ({root, state, port, token_lifetime}); empty: none.",
+    )
     limits_mode = Unicode("rlimit", config=True, help="cgroup2, cgroup1 or rlimit (see limits.py).")
 
     _inventory_cache: list[GPU] | None = None
@@ -150,6 +154,11 @@ class LocalSessionSpawner(LocalProcessSpawner):
         # (BEARER_TOKEN_FILE) makes every tool in the session find it.
         env["BEARER_TOKEN_FILE"] = str(self.home / ".officina" / "bearer_token")
         env["OFFICINA_TOKEN_URL"] = token_url_for(self.hub.api_url, self.user.name)
+        condor = dict(getattr(self, "_condor_env", None) or {})
+        if condor:
+            # The pool's commands (condor_submit, condor_q, condor_rm) before the rest.
+            env["PATH"] = condor.pop("PATH").split(os.pathsep)[0] + os.pathsep + env["PATH"]
+            env.update(condor)
         selection = self._current_selection
         if selection is not None:
             profile = selection.profile
@@ -186,6 +195,7 @@ class LocalSessionSpawner(LocalProcessSpawner):
             self._session_account = await asyncio.to_thread(self._account)
             if not self.run_as_system_accounts:
                 self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._condor_env = await asyncio.to_thread(self._condor_token)
             bin_dir = Path(profile.environment) / "bin" if profile.environment else Path(sys.executable).parent
             self.cmd = [str(bin_dir / "jupyterhub-singleuser")]
             ip, port = await super().start()
@@ -201,6 +211,23 @@ class LocalSessionSpawner(LocalProcessSpawner):
             ",".join(map(str, self._gpus)), self.limits_mode,
         )
         return ip, port
+
+    def _condor_token(self) -> dict:
+        """A fresh HTCondor token for this user (their own schedd, their account), and what
+        the session needs to use the pool; nothing when the platform runs no pool."""
+        if not self.condor_pool:
+            return {}
+        from .condor.pool import CondorPool
+        from .condor.tokens import mint_token
+
+        pool = CondorPool(root=self.condor_pool["root"], state_dir=self.condor_pool["state"],
+                          homes=self.homes_dir, port=self.condor_pool["port"])
+        if not pool.running:
+            self.log.warning("HTCondor pool not running: %s's session gets no token", self.user.name)
+            return {}
+        minted = mint_token(pool, self.user.name, self.home, self.condor_pool["token_lifetime"])
+        self.log.info("HTCondor token for %s as %s (%d s)", self.user.name, minted.identity, minted.lifetime_s)
+        return pool.client_env(self.home)
 
     def _release(self) -> None:
         if self._gpus:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,11 +55,24 @@ class Component:
     restarts: list[float] = field(default_factory=list)
 
     def healthy(self, timeout: float = 2.0) -> bool:
+        return probe_health(self.health_url, self.health_headers, timeout) == "healthy"
+
+
+def probe_health(url: str, headers: dict, timeout: float) -> str:
+    """"healthy", or why not. `tcp://host:port` (daemons without HTTP, HTCondor's collector):
+    the port accepts a connection."""
+    if url.startswith("tcp://"):
+        host, _, port = url[len("tcp://"):].rpartition(":")
         try:
-            r = httpx.get(self.health_url, headers=self.health_headers, timeout=timeout)
-        except httpx.HTTPError:
-            return False
-        return r.status_code < 400
+            with socket.create_connection((host, int(port)), timeout=timeout):
+                return "healthy"
+        except OSError as exc:
+            return f"unhealthy ({exc.strerror or type(exc).__name__})"
+    try:
+        r = httpx.get(url, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return f"unhealthy ({type(exc).__name__})"
+    return "healthy" if r.status_code < 400 else f"unhealthy (HTTP {r.status_code})"
 
 
 def repository_root() -> Path:
@@ -98,6 +112,7 @@ class Supervisor:
         self.state = StateDir(settings.state_dir)
         self.out = out
         self.components: list[Component] = []
+        self.notices: list[str] = []  # what the start banner must say is not running, and why
         self._stopping = False
         self._lock_fd: int | None = None
 
@@ -212,6 +227,29 @@ class Supervisor:
                     stop_timeout=30,
                 )
             )
+        condor = s["condor"]
+        if condor["enabled"] is not False:
+            from .condor.pool import host_can_run_condor
+
+            can, why = host_can_run_condor(Path(condor["root"]))
+            if can:
+                components.append(
+                    Component(
+                        name="htcondor",
+                        argv=[python, "-m", "officina.hub.condor", "run", "--root", condor["root"],
+                              "--state", str(state.root / "condor"), "--homes", str(state.homes),
+                              "--port", str(condor["port"])],
+                        env=base_env,
+                        cwd=state.run,
+                        health_url=f"tcp://127.0.0.1:{condor['port']}",
+                        ready_timeout=90,
+                        stop_timeout=30,
+                    )
+                )
+            elif condor["enabled"] is True:
+                raise SupervisorError(f"condor.enabled is true, but the HTCondor pool cannot run here: {why}")
+            else:
+                self.notices.append(f"HTCondor pool not started: {why} (or set condor.enabled: false)")
         sessions = s["sessions"]
         if sessions["idle_timeout"] or sessions["max_age"]:
             argv = [
@@ -385,6 +423,9 @@ class Supervisor:
         gpu_text = (f"{len(gpus)} declared in sessions.gpus" if gpus is not None
                     else f"{len(detect_gpus())} found by nvidia-smi")
         lines.append(f"Profiles: {', '.join(p['slug'] for p in s['profiles'])}; limits by {how}; GPUs: {gpu_text}.")
+        if any(c.name == "htcondor" for c in self.components):
+            lines.append(f"HTCondor: a one-node pool on 127.0.0.1:{s['condor']['port']}; sessions get a token at start.")
+        lines.extend(self.notices)
         lines.append("Stop with Ctrl-C or `officina down`.")
         self.say("\n  ".join(lines))
 
@@ -569,11 +610,7 @@ def status(settings: Settings, out=sys.stdout) -> int:
             headers = {}
         health = "down"
         if alive:
-            try:
-                r = httpx.get(info["health_url"], headers=headers, timeout=3)
-                health = "healthy" if r.status_code < 400 else f"unhealthy (HTTP {r.status_code})"
-            except httpx.HTTPError as exc:
-                health = f"unhealthy ({type(exc).__name__})"
+            health = probe_health(info["health_url"], headers, 3)
         all_ok = all_ok and health == "healthy"
         rows.append((name, str(pid), health, str(info.get("restarts", 0))))
     print(f"Officina {table.get('state', '?')} at {table.get('public_url')} (supervisor pid {table.get('supervisor_pid')})", file=out)

@@ -69,13 +69,15 @@ class Platform:
     proc: subprocess.Popen | None = None
 
     def __post_init__(self):
-        hub_port, internal, proxy_api, iam_port, dask_port, dask_api, dashboards, resources = free_ports(8)
+        hub_port, internal, proxy_api, iam_port, dask_port, dask_api, dashboards, resources, condor = free_ports(9)
         self.config = {
             "state_dir": str(self.root / "state"),
             "hub": {"port": hub_port, "internal_port": internal, "proxy_api_port": proxy_api},
             "iam": {"standin": {"port": iam_port}},
             "dask": {"port": dask_port, "api_port": dask_api, "dashboards_port": dashboards},
             "resources": {"port": resources},
+            # No HTCondor root here unless a test names one: `officina up` says why it runs no pool.
+            "condor": {"enabled": "auto", "root": str(self.root / "no-condor-root"), "port": condor},
         }
         _deep_update(self.config, self.overrides)
         self.config_file = self.root / "officina.yaml"

@@ -49,20 +49,38 @@ def printed(notebook: dict) -> str:
     return "".join(out["text"] for out in outputs(notebook) if out["output_type"] == "stream")
 
 
-def check_dimuon_analysis(platform, notebook: dict) -> None:
+def check_z_peak(notebook: dict) -> str:
+    """The fitted Z mass and the plot of a dimuon tutorial; returns what it printed."""
     text = printed(notebook)
     fitted = re.search(r"Fitted Z mass:\s+([\d.]+)", text)
     assert fitted, text
     assert abs(float(fitted.group(1)) - 91.19) < 0.5, fitted.group(0)
     assert any("image/png" in out.get("data", {}) for out in outputs(notebook)), "no plot"
+    return text
+
+
+def check_dask_dimuon_analysis(platform, notebook: dict) -> None:
+    text = check_z_peak(notebook)
     link = re.search(r"Dashboard: (\S+)", text)
     assert link, text
     # Behind the hub's login, on the address a browser uses: not the gateway's own port.
     assert link.group(1).startswith(urljoin(platform.url, "services/dask-dashboards/clusters/")), link.group(1)
 
 
+def check_spark_dimuon_analysis(platform, notebook: dict) -> None:
+    text = check_z_peak(notebook)
+    link = re.search(r"Spark UI: (\S+)", text)
+    assert link, text
+    # Through the resource manager's proxy behind the hub's login: not the master's loopback port.
+    assert link.group(1).startswith(urljoin(platform.url, "services/resources/ui/")), link.group(1)
+    assert re.search(r"Spark cluster [0-9a-f]+: stopped", text), text
+
+
 # What each tutorial shows its reader, beyond running without errors.
-EXPECTED = {"dask-dimuon-analysis.ipynb": check_dimuon_analysis}
+EXPECTED = {
+    "dask-dimuon-analysis.ipynb": check_dask_dimuon_analysis,
+    "spark-dimuon-analysis.ipynb": check_spark_dimuon_analysis,
+}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -96,13 +114,17 @@ def test_notebook_runs_in_a_session(platform, alice, alice_token, path):
     if path.name in EXPECTED:
         EXPECTED[path.name](platform, notebook)
 
-    # A tutorial cleans up after itself: no cluster of alice's is left running. (The gateway's
-    # REST API, not dask_gateway.Gateway, whose close() raises when called again by __del__.)
+    # A tutorial cleans up after itself: no cluster of alice's is left running, Dask or Spark.
+    # (The gateway's REST API, not dask_gateway.Gateway, whose close() raises when called
+    # again by __del__; the resource manager's REST API, as the session's client uses it.)
     def no_clusters() -> bool:
-        r = httpx.get(f"{platform.gateway_url}/api/v1/clusters/", timeout=10,
-                      headers={"Authorization": f"jupyterhub {alice_token}"})
-        assert r.status_code == 200, r.text
-        return r.json() == {}
+        dask = httpx.get(f"{platform.gateway_url}/api/v1/clusters/", timeout=10,
+                         headers={"Authorization": f"jupyterhub {alice_token}"})
+        assert dask.status_code == 200, dask.text
+        resources = httpx.get(urljoin(platform.url, "services/resources/api/resources"), timeout=10, headers=headers)
+        assert resources.status_code == 200, resources.text
+        active = [res["id"] for res in resources.json() if res["phase"] in ("starting", "running", "stopping")]
+        return dask.json() == {} and not active
 
     wait_for(no_clusters, timeout=30, what=f"{path.name}'s clusters to stop")
     print(f"{path.name}: executed in alice's session in {took:.0f} s")

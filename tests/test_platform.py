@@ -35,6 +35,14 @@ def test_status_reports_every_component_healthy(platform):
     assert f"running at {platform.url}" in result.stdout
 
 
+def test_up_says_why_it_runs_no_htcondor_pool_and_how_to_get_one(platform):
+    # The harness names a root that does not exist (condor.enabled: auto).
+    root = platform.root / "no-condor-root"
+    banner = platform.log_file.read_text()
+    assert f"HTCondor pool not started: no HTCondor root at {root}: run `scripts/condor-root.sh {root}`" in banner
+    assert "htcondor" not in platform.cli("status").stdout
+
+
 def test_a_second_up_is_refused(platform):
     result = platform.cli("up", timeout=60)
     assert result.returncode == 1

@@ -42,6 +42,8 @@ class Person:
         self.token = self.session.token()
         self.api = httpx.Client(base_url=f"{platform.url}services/resources/api/", timeout=60,
                                 headers={"Authorization": f"token {self.token}"})
+        # The hub starts its services beside itself: the manager may still be coming up.
+        wait_for(lambda: self.api.get("kinds").status_code == 200, 60, "the resource manager to answer")
 
     def wait(self, resource_id: str, phase: str, timeout: float = 180) -> dict:
         def reached():
@@ -235,3 +237,28 @@ def test_stopping_the_platform_stops_every_cluster(platform_roots):
         assert not spark_processes(resource_id)
     finally:
         p.emergency_stop()
+
+
+def test_the_spark_panel_creates_scales_and_stops(platform, alice):
+    cell = run_in_kernel(platform, "alice", alice.token, """
+from officina.widgets import SparkClusters
+w = SparkClusters()
+print("fields", list(w.fields))
+w.fields["workers"].value = 1
+w.create_button.click()
+print("created", w.note.value)
+rid = list(w.rows)[0]
+print("link", w.rows[rid]["title"].value)
+w.rows[rid]["workers"].value = 9
+w.rows[rid]["scale"].click()
+print("scale", w.note.value)
+w.rows[rid]["stop"].click()
+print("stopped", w.note.value, "| rows", len(w.rows))
+""", timeout=300)
+    assert cell["error"] is None, cell
+    out = cell["stdout"]
+    assert "fields ['workers', 'worker_cores', 'worker_memory']" in out
+    assert "created " in out and "with 1 workers" in out
+    assert f'href="{platform.url}services/resources/ui/' in out
+    assert "workers: at most 4, got 9 (HTTP 400)" in out
+    assert "stopped " in out and "| rows 0" in out

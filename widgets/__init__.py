@@ -4,7 +4,8 @@ The widgets arrive with the capabilities they drive; each is generated from the 
 declaration the server validates against.
 """
 
+from .clusters import Clusters, CondorJobs, SparkClusters
 from .dask_clusters import DaskClusters
 from .session_status import SessionStatus
 
-__all__ = ["DaskClusters", "SessionStatus"]
+__all__ = ["Clusters", "CondorJobs", "DaskClusters", "SessionStatus", "SparkClusters"]
