@@ -23,6 +23,8 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import httpclient, ioloop, web, websocket
 
+from .lifetime import watch_parent
+
 log = logging.getLogger("officina.dask-dashboards")
 
 RUNNING = 3  # dask_gateway_server.backends.db_base.JobStatus.RUNNING, as stored in its table
@@ -187,7 +189,10 @@ def main() -> None:
     app = make_app(prefix, os.environ["OFFICINA_DASK_DB"])
     app.listen(bind.port, address=bind.hostname or "127.0.0.1", xheaders=True)
     log.info("Serving cluster dashboards at %s on %s", prefix, bind.netloc)
-    ioloop.IOLoop.current().start()
+    loop = ioloop.IOLoop.current()
+    # A service of the hub's: it goes when the hub goes, however the hub ends.
+    loop.spawn_callback(watch_parent, loop.stop)
+    loop.start()
 
 
 if __name__ == "__main__":

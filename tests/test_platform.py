@@ -167,6 +167,29 @@ def test_crashed_hub_is_restarted_and_finds_running_sessions(platform, alice):
     r = alice.http.get(f"{platform.url}user/alice/lab")
     assert r.status_code == 200 and "jupyter-config-data" in r.text
     assert alice.hub_api("GET", "user").json()["servers"][""]["ready"] is True
+    # The hub's own services went with the killed hub and came back with the new one: one of
+    # each, children of the new hub (no orphan left holding their ports).
+    hub = platform.component_pid("jupyterhub")
+    expected = [("officina.hub.dask_dashboards", hub), ("officina.hub.resources.service", hub)]
+    wait_for(lambda: hub_services(platform) == expected, timeout=60,
+             what=f"one of each hub service, the new hub's (found {hub_services(platform)})")
+
+
+def hub_services(platform) -> list[tuple[str, int]]:
+    """(module, parent pid) of the services of this platform's hub (told apart from other
+    platforms' by the state folder in their environment)."""
+    state = str(platform.state_dir)
+    found = []
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
+        module = (proc.info["cmdline"] or [""])[-1]
+        if module in ("officina.hub.dask_dashboards", "officina.hub.resources.service"):
+            try:
+                environment = proc.environ()
+            except psutil.Error:
+                continue
+            if any(value.startswith(state) for value in environment.values()):
+                found.append((module, proc.info["ppid"]))
+    return sorted(found)
 
 
 def test_gpu_profile_is_shown_disabled_with_the_reason_when_the_host_has_no_gpu(platform):

@@ -28,6 +28,8 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuth
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from ..lifetime import watch_parent
+
 from .contract import Resource
 from .kinds import OptionError, QuotaError
 from .manager import Conflict, Engine, NotFound
@@ -196,8 +198,12 @@ async def serve(engine: Engine, check_every: float = 10) -> None:
     # dask-gateway, stop every resource, so nothing is left running. A crash (or SIGKILL)
     # leaves them to be found again by the next start (recover()).
     stopping = asyncio.Event()
+    orphaned = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):  # JupyterHub stops its services with SIGINT first
         asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
+    # The hub died without stopping us (a crash): leave the resources to the next manager the
+    # restarted hub starts (it recovers them), and go.
+    watcher = asyncio.ensure_future(watch_parent(lambda: (orphaned.set(), stopping.set())))
     while not stopping.is_set():
         try:
             await asyncio.wait_for(stopping.wait(), check_every)
@@ -210,6 +216,10 @@ async def serve(engine: Engine, check_every: float = 10) -> None:
         except Exception:  # noqa: BLE001 - housekeeping must go on; the reason is logged
             log.exception("Resource check failed")
     server.stop()
+    watcher.cancel()
+    if orphaned.is_set():
+        log.info("The hub is gone: leaving the resources running for the next manager")
+        return
     log.info("Stopping every resource: the platform is stopping")
     await engine.stop_all("the platform stopped")
 
