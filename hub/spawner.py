@@ -10,6 +10,7 @@ sessions again; the pid file lets the supervisor end sessions a crashed hub left
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sys
 from importlib import resources
@@ -189,7 +190,7 @@ class LocalSessionSpawner(LocalProcessSpawner):
             self.cpu_limit = profile.cpu_limit
             self.cpu_guarantee = profile.cpu_guarantee
             self.mem_guarantee = profile.mem_guarantee
-            self._limits = SessionLimits(self.limits_mode, self.session_key, selection.mem_limit, profile.cpu_limit)
+            self._limits = SessionLimits(self.limits_mode, self._limits_key, selection.mem_limit, profile.cpu_limit)
             await asyncio.to_thread(self._limits.prepare)
             # Creating the account runs useradd: keep it off the hub's event loop.
             self._session_account = await asyncio.to_thread(self._account)
@@ -211,6 +212,13 @@ class LocalSessionSpawner(LocalProcessSpawner):
             ",".join(map(str, self._gpus)), self.limits_mode,
         )
         return ip, port
+
+    @property
+    def _limits_key(self) -> str:
+        """The session's cgroup name: its key, prefixed by this platform's (cgroups are
+        machine-wide, and a second platform on the machine must never reach this one's)."""
+        platform = hashlib.sha256(str(Path(self.pid_dir).resolve()).encode()).hexdigest()[:8]
+        return f"{platform}-{self.session_key}"
 
     def _condor_token(self) -> dict:
         """A fresh HTCondor token for this user (their own schedd, their account), and what
@@ -241,7 +249,7 @@ class LocalSessionSpawner(LocalProcessSpawner):
         (Path(self.pid_dir) / f"{self._pid_key}.pid").unlink(missing_ok=True)
         if self._limits is None and self._state_profile:
             # A hub restarted since the start: rebuild what to clean up from the saved state.
-            self._limits = SessionLimits(self.limits_mode, self.session_key, 0, 0)
+            self._limits = SessionLimits(self.limits_mode, self._limits_key, 0, 0)
         await asyncio.to_thread(self._release)
 
     # A restarted hub finds running sessions again through this state (pid from JupyterHub's
