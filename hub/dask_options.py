@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dask_gateway_server.options import Float, Integer, Options, Select
 
-from .profiles import Catalogue, Profile, parse_bytes
+from .profiles import Catalogue, Profile, open_to, parse_bytes
 
 GIB = 2**30
 SCHEDULER_CORES = 1
@@ -34,7 +34,7 @@ class GroupLimit:
         return cls(tuple(raw.get("groups", ())), raw["max_clusters"], raw["max_cores"], parse_bytes(raw["max_memory"]))
 
     def applies(self, groups) -> bool:
-        return not self.groups or bool(set(self.groups) & set(groups or ()))
+        return open_to(self.groups, groups)
 
     @property
     def source(self) -> str:

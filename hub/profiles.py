@@ -21,6 +21,12 @@ class ChoiceError(ValueError):
     """A submitted spawn form that cannot be honoured; the message is shown to the user."""
 
 
+def open_to(required, groups) -> bool:
+    """The platform's one rule for group-restricted entries (profiles, Dask limits, resource
+    quotas): no groups named means everyone, otherwise one of the user's groups must be named."""
+    return not required or bool(set(required) & set(groups or ()))
+
+
 def parse_bytes(value: str) -> int:
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([KMGT])", value)
     if not match:
@@ -81,7 +87,7 @@ class Profile:
         return self.gpu_count > 0
 
     def allows(self, groups) -> bool:
-        return not self.groups or bool(set(self.groups) & set(groups or ()))
+        return open_to(self.groups, groups)
 
     @property
     def summary(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..profiles import parse_bytes
+from ..profiles import open_to, parse_bytes
 
 GIB = 2**30
 
@@ -105,7 +105,7 @@ class Quota:
 
 def quota_for(limits: list[dict], groups) -> Quota:
     for raw in limits:
-        if not raw.get("groups") or set(raw["groups"]) & set(groups or ()):
+        if open_to(raw.get("groups"), groups):
             return Quota(tuple(raw.get("groups", ())), raw["max_resources"], raw["max_cores"],
                          parse_bytes(raw["max_memory"]) / GIB)
     return Quota(("(none of yours)",), 0, 0, 0)
