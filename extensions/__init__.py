@@ -11,6 +11,7 @@ A Jupyter server extension that every session loads (its REST API lives under
 from __future__ import annotations
 
 from .clusters import connect_dask, dask, dask_clusters, stop_dask
+from .condor import condor_dask, condor_worker_sets, condor_workers, schedd, stop_condor_workers, submit
 from .handlers import setup_handlers
 from .resources import spark, spark_clusters, stop_spark
 from .token_keeper import read_status as token_status

@@ -470,6 +470,30 @@ def _pool_processes(root: Path) -> list[psutil.Process]:
     return found
 
 
+def test_execute_nodes_for_one_user_survive_a_pool_restart(pool, tokens, accounts, platform_state):
+    """A user's execute nodes (the resource manager's HTCondor workers): startds of their own,
+    kept by the pool across its restarts, only the owner's jobs may start there."""
+    t0 = time.monotonic()
+    names = pool.set_workers("nodes1", "condora", 2, 1, 256)
+    TIMINGS["two_nodes_s"] = time.monotonic() - t0
+    assert names == ["nodes1-1@officina", "nodes1-2@officina"]
+    slots = pool.worker_slots("nodes1")
+    assert sorted(s["Startd"] for s in slots) == names and all(s["Cpus"] == 1 and s["Memory"] == 256 for s in slots)
+    written = (pool.root / cfg.CONFIG_FILE.lstrip("/")).read_text()
+    assert 'W_NODES1_2.START = (TARGET.Owner == "officina-condora")' in written
+    assert pool.workers_file.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(ValueError):
+        cfg.WorkerStartd(resource="x; DAEMON_LIST = X", index=1, account="officina-condora", cpus=1, memory_mb=1)
+    # The pool's own slot keeps the shape its starter gave it, whoever rewrites the config.
+    assert "NUM_CPUS = 4\n" in written and "MEMORY = 4096\n" in written
+    pool.stop()
+    pool.start()
+    assert sorted(pool.worker_names("nodes1")) == names
+    assert pool.set_workers("nodes1", "condora", 1, 1, 256) == ["nodes1-1@officina"]
+    assert pool.set_workers("nodes1", "condora", 0, 1, 256) == []
+    assert pool.worker_slots("nodes1") == [] and "nodes1" not in pool.worker_resources()
+
+
 def test_stop_leaves_no_process_and_no_mount(pool, long_jobs):
     assert _pool_processes(pool.root), "the pool's processes are found by their root"
     t0 = time.monotonic()

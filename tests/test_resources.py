@@ -174,7 +174,7 @@ def test_quotas_refuse_with_a_message(platform, alice, bob):
         assert more.status_code == 403 and "would exceed the quota of group officina/gpu" in more.json()["error"]
         # alice: 3 cores for everything she runs.
         big = alice.api.post("resources", json={"kind": "spark", "workers": 4})
-        assert big.status_code == 403 and "4 more cores would exceed the quota for everyone: 3 cores" in big.json()["error"]
+        assert big.status_code == 403 and "4 cores more would exceed the quota for everyone: 3 cores" in big.json()["error"]
     finally:
         bob.api.delete(f"resources/{first.json()['id']}")
 

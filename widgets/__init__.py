@@ -4,8 +4,8 @@ The widgets arrive with the capabilities they drive; each is generated from the 
 declaration the server validates against.
 """
 
-from .clusters import Clusters, CondorJobs, SparkClusters
+from .clusters import Clusters, CondorJobs, CondorWorkers, SparkClusters
 from .dask_clusters import DaskClusters
 from .session_status import SessionStatus
 
-__all__ = ["Clusters", "CondorJobs", "DaskClusters", "SessionStatus", "SparkClusters"]
+__all__ = ["Clusters", "CondorJobs", "CondorWorkers", "DaskClusters", "SessionStatus", "SparkClusters"]

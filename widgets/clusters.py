@@ -1,8 +1,9 @@
 """`Clusters`: one panel for the three kinds a session can start: Dask, Spark and HTCondor.
 
-Dask is `DaskClusters` (dask-gateway). Spark clusters come from the resource manager; their
-form is built from the kind's declaration the manager serves (`api/kinds`), so it offers what
-the server accepts. HTCondor shows your own jobs in your own schedd, with Remove.
+Dask is `DaskClusters` (dask-gateway). Spark clusters and HTCondor workers come from the
+resource manager; their forms are built from the kind's declaration the manager serves
+(`api/kinds`), so they offer what the server accepts (one `ResourcePanel`, two kinds). The
+HTCondor tab also shows your own jobs in your own schedd, with Remove.
 """
 
 from __future__ import annotations
@@ -24,16 +25,23 @@ def _field(name: str, spec: dict) -> widgets.Widget:
                style={"description_width": "initial"}, layout={"width": "240px"})
 
 
-class SparkClusters(widgets.VBox):
-    """Your Spark clusters: the declared options, Create (with progress), then per cluster its
-    workers, the Spark UI link, Scale and Stop."""
+class ResourcePanel(widgets.VBox):
+    """Your resources of one kind from the resource manager: the declared options, Create (with
+    progress), then per resource its workers, its links, Scale and Stop."""
+
+    kind = ""
+    noun = "resource"       # "Spark cluster"
+    unit = "workers"
 
     def __init__(self, manager: Resources | None = None, wait_timeout: float = 300, **kwargs):
         self.manager = manager or Resources()
         self.wait_timeout = wait_timeout
-        schema = self.manager.kinds()["spark"]
+        kinds = self.manager.kinds()
+        if self.kind not in kinds:
+            raise RuntimeError(f"this platform offers no {self.noun}s (its resource manager has no {self.kind!r} kind)")
+        schema = kinds[self.kind]
         self.fields = {name: _field(name, spec) for name, spec in schema["properties"].items()}
-        self.create_button = widgets.Button(description="Create Spark cluster", icon="plus", button_style="primary")
+        self.create_button = widgets.Button(description=f"Create {self.noun}", icon="plus", button_style="primary")
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
         self.create_button.on_click(lambda _: self.create())
         self.refresh_button.on_click(lambda _: self.refresh())
@@ -55,16 +63,16 @@ class SparkClusters(widgets.VBox):
 
     def create(self) -> bool:
         try:
-            record = self.manager.create("spark", **{name: w.value for name, w in self.fields.items()})
+            record = self.manager.create(self.kind, **{name: w.value for name, w in self.fields.items()})
             self.progress.max, self.progress.value = 1, 0
             self.progress.layout.visibility = "visible"
             self.note.value = f"Starting {record['id']}…"
             record = self.manager.wait_running(record["id"], self.wait_timeout)
             self.progress.value = 1
-            self._say(f"created {record['id']} with {record['workers']} workers")
+            self._say(f"created {record['id']} with {record['workers']} {self.unit}")
             return True
         except Exception as exc:  # the manager's refusal, in its words
-            self._say(f"Creating a Spark cluster: {exc}", ok=False)
+            self._say(f"Creating a {self.noun}: {exc}", ok=False)
             return False
         finally:
             self.progress.layout.visibility = "hidden"
@@ -73,7 +81,7 @@ class SparkClusters(widgets.VBox):
     def scale(self, resource_id: str, workers: int) -> None:
         try:
             record = self.manager.scale(resource_id, workers)
-            self._say(f"{resource_id} has {record['workers']} workers")
+            self._say(f"{resource_id} has {record['workers']} {self.unit}")
         except Exception as exc:
             self._say(f"Scaling {resource_id}: {exc}", ok=False)
         self.refresh(keep_note=True)
@@ -88,28 +96,52 @@ class SparkClusters(widgets.VBox):
 
     def refresh(self, keep_note: bool = False) -> None:
         try:
-            records = [r for r in self.manager.list("spark") if r["phase"] in ("starting", "running")]
+            records = [r for r in self.manager.list(self.kind) if r["phase"] in ("starting", "running")]
         except Exception as exc:
-            self._say(f"Cannot list Spark clusters: {exc}", ok=False)
+            self._say(f"Cannot list {self.noun}s: {exc}", ok=False)
             return
         self.rows = {}
         boxes = []
         for record in records:
             rid = record["id"]
-            workers = widgets.BoundedIntText(value=record["workers"], min=0, max=1000, description="Workers",
+            workers = widgets.BoundedIntText(value=record["workers"], min=0, max=1000, description=self.unit.capitalize(),
                                              layout={"width": "160px"})
             scale = widgets.Button(description="Scale", layout={"width": "80px"})
             stop = widgets.Button(description="Stop", button_style="danger", layout={"width": "80px"})
             scale.on_click(lambda _, rid=rid, w=workers: self.scale(rid, w.value))
             stop.on_click(lambda _, rid=rid: self.stop(rid))
-            ui = record["endpoints"].get("ui")
-            link = f'<a href="{html.escape(ui)}" target="_blank" rel="noopener">Spark UI</a>' if ui else ""
-            title = widgets.HTML(f"<b>{rid}</b> <i>{record['phase']}</i>, {record['workers']} workers {link}")
+            title = widgets.HTML(f"<b>{rid}</b> <i>{record['phase']}</i>, {record['workers']} {self.unit} "
+                                 f"{self._extra(record)}")
             self.rows[rid] = {"workers": workers, "scale": scale, "stop": stop, "title": title}
             boxes.append(widgets.HBox([title, workers, scale, stop]))
-        self.list_box.children = boxes or [widgets.HTML("<i>No Spark clusters running.</i>")]
+        self.list_box.children = boxes or [widgets.HTML(f"<i>No {self.noun}s running.</i>")]
         if not keep_note:
             self.note.value = ""
+
+
+    def _extra(self, record: dict) -> str:
+        return ""
+
+
+class SparkClusters(ResourcePanel):
+    """Your Spark clusters, each with a link to its UI (through the hub, for you only)."""
+
+    kind, noun = "spark", "Spark cluster"
+
+    def _extra(self, record: dict) -> str:
+        ui = record["endpoints"].get("ui")
+        return f'<a href="{html.escape(ui)}" target="_blank" rel="noopener">Spark UI</a>' if ui else ""
+
+
+class CondorWorkers(ResourcePanel):
+    """Execute nodes of your own in the platform's HTCondor pool; jobs go there with the
+    requirements shown (officina.lab.condor_dask(on=...) and submit(on=...) add them)."""
+
+    kind, noun, unit = "condor", "HTCondor worker set", "nodes"
+
+    def _extra(self, record: dict) -> str:
+        wanted = record["endpoints"].get("requirements", "")
+        return f"<code>requirements = {html.escape(wanted)}</code>" if wanted else ""
 
 
 class CondorJobs(widgets.VBox):
@@ -176,7 +208,7 @@ class Clusters(widgets.Tab):
         from .dask_clusters import DaskClusters
 
         panels, titles = [], []
-        for title, make in (("Dask", DaskClusters), ("Spark", SparkClusters), ("HTCondor", CondorJobs)):
+        for title, make in (("Dask", DaskClusters), ("Spark", SparkClusters), ("HTCondor", _condor_tab)):
             try:
                 panels.append(make())
             except Exception as exc:  # not configured here: say so in its tab
@@ -185,3 +217,15 @@ class Clusters(widgets.Tab):
         super().__init__(children=panels, **kwargs)
         for index, title in enumerate(titles):
             self.set_title(index, title)
+
+
+def _condor_tab() -> widgets.Widget:
+    """Your jobs, and your execute nodes when the platform offers them."""
+    jobs = CondorJobs()
+    try:
+        workers = CondorWorkers()
+    except Exception as exc:  # no resource manager, or no condor kind: say so above the jobs
+        workers = widgets.HTML(f'<span style="{_ERROR}">{html.escape(str(exc))}</span>')
+    box = widgets.VBox([workers, jobs])
+    box.workers, box.jobs = workers, jobs
+    return box

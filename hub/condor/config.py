@@ -43,6 +43,35 @@ class PoolSettings:
     memory_mb: int = 2048
     # The system accounts that have a schedd of their own.
     accounts: tuple[str, ...] = ()
+    # Execute nodes started for users by the resource manager (HTCondor workers).
+    workers: tuple[WorkerStartd, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkerStartd:
+    """One execute node of a user's "HTCondor workers" resource: a startd of its own in the
+    pool, with `cpus` and `memory_mb` in one partitionable slot, that only `account`'s jobs
+    may claim. Jobs pick a resource's nodes with `TARGET.OfficinaResource == "<resource>"`."""
+
+    resource: str   # the resource manager's id ([a-z0-9]+)
+    index: int      # 1.. within the resource
+    account: str
+    cpus: int
+    memory_mb: int
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[a-z0-9]+", self.resource):
+            raise ValueError(f"not a resource id: {self.resource!r}")
+        schedd_local_name(self.account)  # validates the account name
+
+    @property
+    def local_name(self) -> str:
+        return f"W_{self.resource.upper()}_{self.index}"
+
+    @property
+    def name(self) -> str:
+        """The startd's Name (its slot is `slot1@<name>`)."""
+        return f"{self.resource}-{self.index}@{TRUST_DOMAIN}"
 
 
 def schedd_local_name(account: str) -> str:
@@ -160,6 +189,8 @@ def render_pool_config(settings: PoolSettings) -> str:
     ]
     for account in settings.accounts:
         lines += _user_schedd_lines(account)
+    for worker in settings.workers:
+        lines += _worker_startd_lines(worker)
     return "\n".join(lines) + "\n"
 
 
@@ -187,6 +218,36 @@ def _user_schedd_lines(account: str) -> list[str]:
         f"DC_DAEMON_LIST = + {local}",
         "",
     ]
+
+
+def _worker_startd_lines(worker: WorkerStartd) -> list[str]:
+    local = worker.local_name
+    return [
+        f"# Execute node {worker.index} of resource {worker.resource}, for {worker.account} only.",
+        f"{local} = $(STARTD)",
+        f"{local}_ARGS = -local-name {local}",
+        f"{local}.STARTD_NAME = {worker.name}",
+        f"{local}.STARTD_LOG = $(LOG)/StartLog.{worker.resource}-{worker.index}",
+        f"{local}.EXECUTE = $(LOCAL_DIR)/execute/{worker.resource}-{worker.index}",
+        f"{local}.STARTD_ADDRESS_FILE = $(LOG)/.startd_address.{worker.resource}-{worker.index}",
+        f"{local}.STARTD_DAEMON_AD_FILE = $(LOG)/.startd_classad.{worker.resource}-{worker.index}",
+        f"{local}.PROCD_ADDRESS = $(LOCK)/procd_pipe.{worker.resource}-{worker.index}",
+        f"{local}.NUM_CPUS = {worker.cpus}",
+        f"{local}.MEMORY = {worker.memory_mb}",
+        f"{local}.OfficinaResource = \"{worker.resource}\"",
+        f"{local}.OfficinaOwner = \"{worker.account}\"",
+        f"{local}.STARTD_ATTRS = $(STARTD_ATTRS) OfficinaResource OfficinaOwner START",
+        # Only the owner's jobs start here; the resource manager's quota paid for these cores.
+        f"{local}.START = (TARGET.Owner == \"{worker.account}\")",
+        f"DAEMON_LIST = $(DAEMON_LIST) {local}",
+        f"DC_DAEMON_LIST = + {local}",
+        "",
+    ]
+
+
+def worker_execute_dirs(worker: WorkerStartd) -> list[str]:
+    """Folders under LOCAL_DIR that a worker startd needs before it starts."""
+    return [f"execute/{worker.resource}-{worker.index}"]
 
 
 def user_schedd_dirs(account: str) -> list[str]:

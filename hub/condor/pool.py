@@ -16,11 +16,13 @@ processes in the root; tokens are minted there (`officina.hub.condor.tokens`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import grp
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -135,6 +137,9 @@ class CondorPool:
     worker_python = property(lambda self: self.state_dir / "client" / "python" / "bin" / "python")
     pid_file = property(lambda self: self.state_dir / "run" / "master.json")
     users_file = property(lambda self: self.state_dir / "users.json")
+    workers_file = property(lambda self: self.state_dir / "workers.json")
+    shape_file = property(lambda self: self.state_dir / "run" / "shape.json")
+    config_lock = property(lambda self: self.state_dir / "run" / "config.lock")
     mountpoints_file = property(lambda self: self.state_dir / "run" / "mountpoints.json")
     master_log = property(lambda self: self.state_dir / "local" / "log" / "MasterLog")
     address = property(lambda self: f"127.0.0.1:{self.port}")
@@ -149,6 +154,7 @@ class CondorPool:
         self._take_locks()
         try:
             self._prepare_state()
+            _write_json(self.shape_file, {"cpus": self.cpus, "memory_mb": self.memory_mb}, 0o600)
             self.reap_stale()
             sweep_mounts(self.root)
             self._write_root_files()
@@ -202,7 +208,7 @@ class CondorPool:
     def add_user(self, hub_username: str) -> pwd.struct_passwd:
         """Give a hub user (whose system account exists: `accounts.ensure_account`) a schedd
         of their own and their account inside the root; idempotent. Returns the account."""
-        with self._mutex:
+        with self._mutex, self._config_locked():
             return self._add_user(hub_username)
 
     def _add_user(self, hub_username: str) -> pwd.struct_passwd:
@@ -225,6 +231,86 @@ class CondorPool:
                 self._reconfig()
                 self._wait_for(lambda: account in self._schedd_names(), f"the schedd of {account}")
         return entry
+
+    # ---------------------------------------------------------------- users' execute nodes
+
+    def set_workers(self, resource: str, hub_username: str, count: int, cpus: int, memory_mb: int,
+                    wait: bool = True) -> list[str]:
+        """Make resource `resource` have `count` execute nodes (startds) for the user, each with
+        `cpus` and `memory_mb`; 0 removes them. Kept in workers.json: a restarted pool starts
+        them again. With the pool down only the file changes. Returns the startds' names."""
+        with self._mutex, self._config_locked():
+            account = system_account_name(hub_username) if count else ""
+            if count:
+                self._add_user(hub_username)
+            table = {k: v for k, v in self._worker_table().items() if k != resource}
+            if count:
+                table[resource] = {"account": account, "count": count, "cpus": cpus, "memory_mb": memory_mb}
+            _write_json(self.workers_file, table, 0o600)
+            workers = [w for w in self._workers() if w.resource == resource]
+            for worker in workers:
+                self._prepare_execute_dirs(worker)
+            self._write_pool_config()
+            if self.running:
+                self._reconfig()
+        names = sorted(w.name for w in workers)
+        if wait and self.running:
+            self._wait_for(lambda: sorted(self.worker_names(resource)) == names,
+                           f"{count} execute node{'s' if count != 1 else ''} of {resource}")
+        return names
+
+    def worker_names(self, resource: str) -> list[str]:
+        """The resource's execute nodes the collector knows now."""
+        return [ad["Startd"] for ad in self.worker_slots(resource)
+                if ad.get("SlotType") in ("Partitionable", "Static")]
+
+    def worker_slots(self, resource: str) -> list[dict]:
+        """The collector's slot ads of a resource's nodes: Name (`slot1@<startd>`), Startd (the
+        startd's name), SlotType, State, Cpus, Memory."""
+        if not re.fullmatch(r"[a-z0-9]+", resource):
+            raise CondorError(f"not a resource id: {resource!r}")
+        r = self.run_in_root(["condor_status", "-constraint", f'OfficinaResource == "{resource}"',
+                              "-af", "Name", "SlotType", "State", "Cpus", "Memory"], timeout=20)
+        if r.returncode != 0:
+            return []
+        slots = []
+        for line in r.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 5:
+                slots.append({"Name": parts[0], "Startd": parts[0].split("@", 1)[-1], "SlotType": parts[1],
+                              "State": parts[2], "Cpus": int(parts[3]), "Memory": int(parts[4])})
+        return slots
+
+    def worker_resources(self) -> dict[str, dict]:
+        """resource id -> {account, count, cpus, memory_mb}, as kept in workers.json."""
+        return self._worker_table()
+
+    def _worker_table(self) -> dict[str, dict]:
+        return _read_json(self.workers_file) or {}
+
+    def _workers(self) -> list[cfg.WorkerStartd]:
+        return [cfg.WorkerStartd(resource=rid, index=i, account=w["account"], cpus=w["cpus"], memory_mb=w["memory_mb"])
+                for rid, w in sorted(self._worker_table().items()) for i in range(1, w["count"] + 1)]
+
+    def _prepare_execute_dirs(self, worker: cfg.WorkerStartd) -> None:
+        condor_uid, condor_gid = self._root_condor_ids()
+        for rel in cfg.worker_execute_dirs(worker):
+            folder = self.local_dir / rel
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chown(folder, condor_uid, condor_gid)
+            os.chmod(folder, 0o755)
+
+    @contextlib.contextmanager
+    def _config_locked(self):
+        """The hub (a user's first session) and the resource manager (workers) both rewrite
+        the pool's configuration; one at a time, across processes."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.config_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def user_schedd_name(self, hub_username: str) -> str:
         return cfg.schedd_name(system_account_name(hub_username))
@@ -280,6 +366,8 @@ class CondorPool:
             os.chmod(folder, mode)
         for account in self._users():
             self._prepare_schedd_dirs(account)
+        for worker in self._workers():
+            self._prepare_execute_dirs(worker)
 
     def _ensure_key(self) -> None:
         """The pool's signing key, made once: HTCondor stores it XOR-scrambled (`simple_scramble`);
@@ -360,7 +448,11 @@ class CondorPool:
         return _read_json(self.users_file) or []
 
     def _write_pool_config(self) -> None:
-        settings = cfg.PoolSettings(port=self.port, cpus=self.cpus, memory_mb=self.memory_mb, accounts=tuple(self._users()))
+        # The shape of the pool's own slot is the starting process's (`run --cpus`): the hub
+        # and the resource manager rewrite this file too, with CondorPool objects of their own.
+        shape = _read_json(self.shape_file) or {"cpus": self.cpus, "memory_mb": self.memory_mb}
+        settings = cfg.PoolSettings(port=self.port, cpus=shape["cpus"], memory_mb=shape["memory_mb"],
+                                    accounts=tuple(self._users()), workers=tuple(self._workers()))
         _write_text(self.root / cfg.CONFIG_FILE.lstrip("/"), cfg.render_pool_config(settings), 0o644)
 
     def _write_root_files(self) -> None:
@@ -542,6 +634,10 @@ class CondorPool:
         self.timings.slot_visible = time.monotonic() - t0
         for account in self._users():
             self._wait_for(lambda: account in self._schedd_names(), f"the schedd of {account}")
+        # Users' execute nodes kept from before a restart come back with the pool.
+        for resource in self._worker_table():
+            names = sorted(w.name for w in self._workers() if w.resource == resource)
+            self._wait_for(lambda: sorted(self.worker_names(resource)) == names, f"the execute nodes of {resource}")
 
     def _wait_for(self, predicate, what: str) -> None:
         deadline = time.monotonic() + self.ready_timeout

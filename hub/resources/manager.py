@@ -132,12 +132,14 @@ class Engine:
                              f"the most {quota.source} allows ({quota.max_resources}); delete one first")
         cores = sum(self.kinds[r.kind].cores(r.options, r.workers) for r in mine)
         memory = sum(self.kinds[r.kind].memory(r.options, r.workers) for r in mine)
+        # Scaling asks for the resource's new total, beside what the user's other resources hold.
+        asked, others = ("more", "in use") if excluding is None else (f"for {excluding}", "in use by your others")
         if cores + extra_cores > quota.max_cores:
-            raise QuotaError(f"{extra_cores:g} more cores would exceed {quota.source}: {quota.max_cores} cores "
-                             f"across your resources, {cores:g} in use")
+            raise QuotaError(f"{extra_cores:g} cores {asked} would exceed {quota.source}: {quota.max_cores} cores "
+                             f"across your resources, {cores:g} {others}")
         if memory + extra_memory > quota.max_memory_gib:
-            raise QuotaError(f"{extra_memory:g} GiB more would exceed {quota.source}: {quota.max_memory_gib:g} GiB "
-                             f"across your resources, {memory:g} GiB in use")
+            raise QuotaError(f"{extra_memory:g} GiB {asked} would exceed {quota.source}: {quota.max_memory_gib:g} GiB "
+                             f"across your resources, {memory:g} GiB {others}")
 
     async def create(self, username: str, groups, kind: str, request: dict) -> Resource:
         spec = self.kinds.get(kind)

@@ -6,13 +6,14 @@ import pwd
 from pathlib import Path
 
 from ..accounts import system_account_name
+from ..condor.pool import host_can_run_condor
 from ..settings import Settings
 from ..state import StateDir
 from .contract import BackendError, Owner
 from .kinds import KindSpec
 from .manager import Engine, RecordStore
 
-KIND_TITLES = {"spark": "Spark cluster"}
+KIND_TITLES = {"spark": "Spark cluster", "condor": "HTCondor workers"}
 
 
 def engine_from_settings(raw_settings: dict) -> Engine:
@@ -31,6 +32,13 @@ def engine_from_settings(raw_settings: dict) -> Engine:
     work.chmod(0o711)
     prefix = f"{settings['hub']['base_url']}services/resources/ui/{{id}}"
     backends = {"spark": LocalSparkBackend(work_root=work, ui_prefix=prefix)}
+    condor = settings["condor"]
+    if condor["enabled"] is not False and host_can_run_condor(Path(condor["root"]))[0]:
+        # Offered where the supervisor runs the pool (the same test it makes).
+        from .condor_local import LocalCondorBackend, pool_for
+
+        kinds["condor"] = KindSpec.from_settings("condor", KIND_TITLES["condor"], resources["condor"]["options"])
+        backends["condor"] = LocalCondorBackend(pool_for(condor, state.root, state.homes))
     system_accounts = settings.run_as_system_accounts
 
     def owner_of(username: str, groups) -> Owner:
