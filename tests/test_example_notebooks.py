@@ -5,7 +5,9 @@ for what the user would look at."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import time
 from pathlib import Path
 from urllib.parse import quote, urljoin
@@ -13,14 +15,33 @@ from urllib.parse import quote, urljoin
 import httpx
 import pytest
 
-from platform_harness import HubSession, run_in_terminal, wait_for
+from platform_harness import HubSession, run_in_terminal, start_platform, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
-FOLDER = Path(__file__).resolve().parent.parent / "example-notebooks"
+REPO = Path(__file__).resolve().parent.parent
+FOLDER = REPO / "example-notebooks"
+CONDOR_ROOT = Path(os.environ.get("OFFICINA_CONDOR_ROOT", "/var/cache/officina/condor-root"))
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 NOTEBOOKS = sorted(FOLDER.glob("*.ipynb"))
 EXECUTION_TIMEOUT = 300  # s per cell, and about the whole notebook's budget
+
+
+@pytest.fixture(scope="module")
+def platform(platform_roots):
+    """The embedded platform with its HTCondor pool (the HTCondor tutorial needs it; the root
+    is made by the project's own script, cached after the first run)."""
+    if os.geteuid() != 0:
+        pytest.fail("the embedded HTCondor pool needs root (as CI runs)")
+    made = subprocess.run(["bash", str(REPO / "scripts" / "condor-root.sh"), str(CONDOR_ROOT)],
+                          capture_output=True, text=True, timeout=900)
+    assert made.returncode == 0, made.stderr[-2000:]
+    p = start_platform(platform_roots("notebooks"), condor={"enabled": True, "root": str(CONDOR_ROOT)})
+    yield p
+    try:
+        p.down()
+    finally:
+        p.emergency_stop()
 
 
 def test_the_folder_has_notebooks():
@@ -76,8 +97,23 @@ def check_spark_dimuon_analysis(platform, notebook: dict) -> None:
     assert re.search(r"Spark cluster [0-9a-f]+: stopped", text), text
 
 
+def check_htcondor_dimuon_analysis(platform, notebook: dict) -> None:
+    text = check_z_peak(notebook)
+    assert re.search(r"HTCondor workers ([0-9a-f]+): 2 execute nodes", text), text
+    rid = re.search(r"HTCondor workers ([0-9a-f]+)", text).group(1)
+    # Every job ran on one of the user's own nodes, and the Dask workers read every file.
+    jobs = re.findall(r"job \d: seed \d: (\d+) of 750000 events in the window, on (\S+)", text)
+    assert len(jobs) == 4, text
+    assert all(re.fullmatch(rf"slot1_\d+@{rid}-[12]@officina", slot) for _, slot in jobs), jobs
+    ran_on = [count for count, _ in jobs]
+    assert "2 Dask workers, running as HTCondor jobs" in text, text
+    assert f"events per job, read by the workers: [{', '.join(ran_on)}]" in text, text
+    assert f"HTCondor workers {rid}: stopped" in text, text
+
+
 # What each tutorial shows its reader, beyond running without errors.
 EXPECTED = {
+    "htcondor-dimuon-analysis.ipynb": check_htcondor_dimuon_analysis,
     "dask-dimuon-analysis.ipynb": check_dask_dimuon_analysis,
     "spark-dimuon-analysis.ipynb": check_spark_dimuon_analysis,
 }
