@@ -1,4 +1,7 @@
-"""A Spark cluster on request: Officina's resource manager against the same cluster started by hand.
+"""Clusters on request: Spark through Officina's resource manager, and Dask on HTCondor through
+officina.lab, each against the same thing done by hand, side by side in one run.
+
+## Spark
 
 Measured: request to first result for a Spark standalone cluster of 2 workers (1 core, 1 GiB
 each), that is, from asking for the cluster, through its master and both workers running, a
@@ -33,9 +36,27 @@ below 1.10): the resource manager adds an HTTP round trip through the hub's prox
 token check, a thread, the account switch and its status polling, against JVM start-ups that
 take seconds.
 
-    .venv/bin/python benchmarks/clusters.py [--repeat 3]
+## Dask on HTCondor
+Measured: request to first result for 2 Dask workers as HTCondor jobs (1 core, 512 MiB each) on
+the platform's pool: from the call, through a scheduler in the calling process, 2 worker jobs
+submitted to the person's own schedd, matched, started and connected, to the result of a
+`dask.array` sum of 10 chunks. Every round runs in a fresh Python process as the person's
+account with the environment a session has (the pool's client configuration, the token the
+platform minted at the session start, the platform's Python for the workers); the clock starts
+after the imports. The jobs run on the pool's shared slot (2 cores).
+Officina: `officina.lab.condor_dask(workers=2, memory="512 MiB")` (dask-jobqueue's
+HTCondorCluster as the platform configures it: its job script, the person's log folder, the
+progress updates). By hand: a `LocalCluster` with no workers as the scheduler, and one
+submission of 2 jobs written by hand with the htcondor2 bindings to the same schedd, running
+`python -m distributed.cli.dask_worker <scheduler> --nthreads 1 --memory-limit 512MiB`. Also
+reported, with no counterpart by hand: Officina with execute nodes of the person's own first
+(`condor_workers(workers=2)` through the resource manager, then `condor_dask(on=nodes)`), the
+whole request included.
+Target as for Spark: median ratio Officina / by hand below 1.10.
 
-Prints a Markdown table (median and p95 per system) and the ratios Officina / by hand.
+    .venv/bin/python benchmarks/clusters.py [--repeat 3] [--only spark|condor]
+
+Prints a Markdown table per part (median and p95 per system) and the ratios Officina / by hand.
 """
 
 from __future__ import annotations
@@ -67,6 +88,8 @@ from officina.hub.resources.spark_local import (  # noqa: E402
 )
 from officina.lab.resources import Resources, session_on  # noqa: E402
 from officina.lab.spark import spark_session  # noqa: E402
+
+CONDOR_ROOT = Path(os.environ.get("OFFICINA_CONDOR_ROOT", "/var/cache/officina/condor-root"))
 
 USER, PASSWORD = "sparkbench", secrets.token_urlsafe(12)
 WORKERS, WORKER_CORES, WORKER_MEMORY_GIB = 2, 1, 1
@@ -234,21 +257,153 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
+# ------------------------------------------------------------------ Dask on HTCondor
+
+# Each round: a fresh interpreter as the person; the JSON line at the end carries the timings.
+CONDOR_ROUND_PRELUDE = """
+import json, os, sys, time
+import dask.array as da
+import officina.lab as lab
+from distributed import Client, LocalCluster
+import htcondor2 as htcondor
+def first_result(client):
+    assert int(da.arange(1_000_000, chunks=100_000).sum().compute()) == 499999500000
+def submit_workers(scheduler, count):
+    os.makedirs("by-hand-logs", exist_ok=True)
+    return lab.schedd().submit(htcondor.Submit({
+        "executable": os.environ["OFFICINA_CONDOR_PYTHON"],
+        "arguments": f"-m distributed.cli.dask_worker {scheduler} --nthreads 1 --memory-limit 512MiB "
+                     "--name by-hand-$(ClusterId)-$(ProcId) --death-timeout 60",
+        "output": "by-hand-logs/$(ClusterId).$(ProcId).out", "error": "by-hand-logs/$(ClusterId).$(ProcId).err",
+        "request_cpus": "1", "request_memory": "512", "request_disk": "102400",
+    }), count=count)
+def remove(jobs):
+    for job in jobs:
+        lab.schedd().act(htcondor.JobAction.Remove, f"ClusterId == {job.cluster()}")
+def drain(timeout=60):
+    # Not timed: the next round starts with the worker jobs out of the queue and no slot of
+    # the pool claimed any more (a claim outlives its job by a few seconds).
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = lab.schedd().query(projection=["ClusterId"]) or htcondor.Collector().query(
+            htcondor.AdType.Startd, constraint='State != "Unclaimed"', projection=["Name"])
+        if not busy:
+            return
+        time.sleep(0.5)
+"""
+CONDOR_ROUNDS = {
+    "Officina": """
+t0 = time.perf_counter()
+client = lab.condor_dask(workers=2, memory="512 MiB")
+ready = time.perf_counter() - t0
+first_result(client)
+first = time.perf_counter() - t0
+client.cluster.close(); client.close()
+drain()
+print(json.dumps({"ready": ready, "first": first}))
+""",
+    "Officina, own nodes": """
+t0 = time.perf_counter()
+nodes = lab.condor_workers(workers=2)
+client = lab.condor_dask(workers=2, on=nodes, memory="512 MiB")
+ready = time.perf_counter() - t0
+first_result(client)
+first = time.perf_counter() - t0
+client.cluster.close(); client.close()
+lab.stop_condor_workers(nodes["id"])
+drain()
+print(json.dumps({"ready": ready, "first": first}))
+""",
+    # The same jobs as dask-jobqueue's: one submission per worker, each of one job.
+    "by hand": """
+t0 = time.perf_counter()
+cluster = LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None)
+client = Client(cluster)
+jobs = [submit_workers(cluster.scheduler_address, 1) for _ in range(2)]
+client.wait_for_workers(2, timeout=300)
+ready = time.perf_counter() - t0
+first_result(client)
+first = time.perf_counter() - t0
+client.close(); cluster.close()
+remove(jobs)
+drain()
+print(json.dumps({"ready": ready, "first": first}))
+""",
+    # Both workers in one submission (one cluster of 2 jobs), as a person would write it.
+    "by hand, one submission": """
+t0 = time.perf_counter()
+cluster = LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None)
+client = Client(cluster)
+jobs = [submit_workers(cluster.scheduler_address, 2)]
+client.wait_for_workers(2, timeout=300)
+ready = time.perf_counter() - t0
+first_result(client)
+first = time.perf_counter() - t0
+client.close(); cluster.close()
+remove(jobs)
+drain()
+print(json.dumps({"ready": ready, "first": first}))
+""",
+}
+
+
+class CondorDask:
+    """One way of getting Dask workers on HTCondor, run as the person in a fresh process."""
+
+    def __init__(self, name: str, env: dict, home: Path, account):
+        self.name, self.env, self.home, self.account = name, env, home, account
+
+    def round(self) -> dict[str, float]:
+        from officina.hub.accounts import make_session_preexec
+
+        result = subprocess.run(
+            [sys.executable, "-c", CONDOR_ROUND_PRELUDE + CONDOR_ROUNDS[self.name]], env=self.env, cwd=self.home,
+            preexec_fn=make_session_preexec(self.home, self.account), capture_output=True, text=True, timeout=600,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{self.name} round failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def condor_systems(platform, token: str) -> list[CondorDask]:
+    import pwd
+
+    from officina.hub.accounts import system_account_name
+    from officina.hub.condor.pool import CondorPool
+
+    account = pwd.getpwnam(system_account_name(USER))
+    home = platform.state_dir / "homes" / USER
+    pool = CondorPool(root=CONDOR_ROOT, state_dir=platform.state_dir / "condor", homes=platform.state_dir / "homes",
+                      port=platform.config["condor"]["port"])
+    env = {
+        "HOME": str(home), "LANG": "C.UTF-8", **pool.client_env(home),
+        "OFFICINA_RESOURCES_URL": f"{platform.url}services/resources/", "JUPYTERHUB_API_TOKEN": token,
+    }
+    return [CondorDask(name, env, home, account) for name in CONDOR_ROUNDS]
+
+
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def start_officina(root: Path):
-    """The platform, the person's account (a session started once, then stopped) and token."""
+def start_officina(root: Path, condor: bool):
+    """The platform, the person's account (a session started once, then stopped: it also
+    minted their HTCondor token) and hub token."""
     from platform_harness import HubSession, Platform
 
     users_file = root / "users.yaml"
     write_users(users_file)
     (root / "officina").mkdir(mode=0o711)
-    platform = Platform(root=root / "officina", overrides={
-        "iam": {"standin": {"users_file": str(users_file)}}, "sessions": {"idle_timeout": 0},
-        "dask": {"enabled": False}})
+    overrides = {"iam": {"standin": {"users_file": str(users_file)}}, "sessions": {"idle_timeout": 0},
+                 "dask": {"enabled": False}}
+    if condor:
+        made = subprocess.run(["bash", str(ROOT / "scripts" / "condor-root.sh"), str(CONDOR_ROOT)],
+                              capture_output=True, text=True, timeout=900)
+        if made.returncode != 0:
+            raise SystemExit(f"cannot prepare the HTCondor root: {made.stderr[-2000:]}")
+        overrides["condor"] = {"enabled": True, "root": str(CONDOR_ROOT)}
+    platform = Platform(root=root / "officina", overrides=overrides)
     platform.up()
     person = HubSession(platform, USER, PASSWORD)
     person.login()
@@ -258,13 +413,50 @@ def start_officina(root: Path):
     deadline = time.monotonic() + 60
     while person.hub_api("GET", f"users/{USER}").json().get("servers") and time.monotonic() < deadline:
         time.sleep(0.5)
-    return platform, Resources(url=f"{platform.url}services/resources/", token=token)
+    return platform, token
+
+
+def print_table(title: str, results: dict[str, list[dict[str, float]]], baseline: str = "by hand") -> None:
+    columns = [("ready", "ready, s"), ("first", "first result, s")]
+    print(f"\n{title}\n")
+    header = "| system | " + " | ".join(f"{label} median | {label} p95" for _, label in columns) + " |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for name, rounds in results.items():
+        cells = []
+        for key, _ in columns:
+            values = [r[key] for r in rounds]
+            cells += [f"{statistics.median(values):.2f}", f"{p95(values):.2f}"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    cells = []
+    for key, _ in columns:
+        o, b = [r[key] for r in results["Officina"]], [r[key] for r in results[baseline]]
+        cells += [f"{statistics.median(o) / statistics.median(b):.2f}", f"{p95(o) / p95(b):.2f}"]
+    print(f"| ratio Officina / {baseline} | " + " | ".join(cells) + " |")
+    ratio = statistics.median(r["first"] for r in results["Officina"]) / statistics.median(
+        r["first"] for r in results[baseline])
+    print(f"\nTarget: first result within 10 % of {baseline}: {'met' if ratio < 1.10 else 'missed'} "
+          f"({(ratio - 1) * 100:+.0f} %)")
+
+
+def alternate(systems: list, repeat: int) -> dict[str, list[dict[str, float]]]:
+    """One untimed warm-up each, then `repeat` rounds each, the order rotated every round."""
+    results = {system.name: [] for system in systems}
+    for system in systems:
+        system.round()
+    for i in range(repeat):
+        for system in systems[i % len(systems):] + systems[:i % len(systems)]:
+            results[system.name].append(system.round())
+    return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3, help="timed clusters per system")
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds per system")
+    parser.add_argument("--only", choices=("spark", "condor"), help="one part only")
     args = parser.parse_args()
+    if args.only != "spark" and os.geteuid() != 0:
+        raise SystemExit("the HTCondor part needs root (the embedded pool mounts and chroots): --only spark")
 
     from platform_harness import officina_accounts
 
@@ -272,7 +464,7 @@ def main() -> int:
 
     account = system_account_name(USER)
     account_existed = os.geteuid() == 0 and account in officina_accounts()
-    results: dict[str, list[dict[str, float]]] = {"Officina": [], "by hand": []}
+    spark_results = condor_results = None
     # Not under /tmp/pytest-* (0700): the person's account must reach its home in the state.
     tmp = Path(tempfile.mkdtemp(prefix="officina-bench-"))
     platform = None
@@ -281,13 +473,13 @@ def main() -> int:
         tmp.chmod(0o711)
         (tmp / "officina").mkdir(mode=0o711)
         (tmp / "by-hand").mkdir(mode=0o700)
-        platform, manager = start_officina(tmp / "officina")
-        officina, by_hand = OfficinaSpark(manager), SparkByHand(tmp / "by-hand")
-        for system in (officina, by_hand):
-            system.round()  # warm-up
-        for i in range(args.repeat):
-            for system in ((officina, by_hand) if i % 2 == 0 else (by_hand, officina)):
-                results[system.name].append(system.round())
+        platform, token = start_officina(tmp / "officina", condor=args.only != "spark")
+        if args.only != "condor":
+            manager = Resources(url=f"{platform.url}services/resources/", token=token)
+            by_hand = SparkByHand(tmp / "by-hand")
+            spark_results = alternate([OfficinaSpark(manager), by_hand], args.repeat)
+        if args.only != "spark":
+            condor_results = alternate(condor_systems(platform, token), args.repeat)
     finally:
         try:
             if by_hand is not None:
@@ -302,28 +494,14 @@ def main() -> int:
             if os.geteuid() == 0 and not account_existed and account in officina_accounts():
                 subprocess.run(["userdel", account], capture_output=True)
 
-    columns = [("ready", "cluster ready, s"), ("first", "first result, s")]
-    print(f"\nA new Spark cluster of {WORKERS} workers ({WORKER_CORES} core, {WORKER_MEMORY_GIB} GiB each) to the result "
-          f"of spark.range({JOB_ROWS}).count(), seconds ({os.cpu_count()} cores; {args.repeat} clusters per "
-          f"system after one warm-up, alternating)\n")
-    header = "| system | " + " | ".join(f"{label} median | {label} p95" for _, label in columns) + " |"
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
-    for name, rounds in results.items():
-        cells = []
-        for key, _ in columns:
-            values = [r[key] for r in rounds]
-            cells += [f"{statistics.median(values):.2f}", f"{p95(values):.2f}"]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    cells = []
-    for key, _ in columns:
-        o, b = [r[key] for r in results["Officina"]], [r[key] for r in results["by hand"]]
-        cells += [f"{statistics.median(o) / statistics.median(b):.2f}", f"{p95(o) / p95(b):.2f}"]
-    print("| ratio Officina / by hand | " + " | ".join(cells) + " |")
-    ratio = statistics.median(r["first"] for r in results["Officina"]) / statistics.median(
-        r["first"] for r in results["by hand"])
-    print(f"\nTarget: first result within 10 % of by hand: {'met' if ratio < 1.10 else 'missed'} "
-          f"({(ratio - 1) * 100:+.0f} %)")
+    if spark_results:
+        print_table(f"A new Spark cluster of {WORKERS} workers ({WORKER_CORES} core, {WORKER_MEMORY_GIB} GiB each) to "
+                    f"the result of spark.range({JOB_ROWS}).count(), seconds ({os.cpu_count()} cores; {args.repeat} "
+                    "clusters per system after one warm-up, alternating)", spark_results)
+    if condor_results:
+        print_table("2 Dask workers as HTCondor jobs (1 core, 512 MiB each) to the result of a dask.array sum, "
+                    f"seconds ({os.cpu_count()} cores; {args.repeat} rounds per system after one warm-up, "
+                    "rotating)", condor_results)
     return 0
 
 

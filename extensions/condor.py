@@ -97,6 +97,32 @@ def stop_condor_workers(resource_id: str) -> dict:
     return Resources().delete(resource_id)
 
 
+def _bindings_job_class():
+    """dask-jobqueue's HTCondor job, submitting and removing through the htcondor2 bindings in
+    this process. Its own way runs the condor_submit / condor_rm commands, which here are Python
+    programs on the same bindings: an interpreter start-up (about half a second on a small
+    machine) for every worker that is asked for."""
+    import asyncio
+
+    import htcondor2 as htcondor
+    from dask_jobqueue.htcondor import HTCondorJob
+
+    class BindingsHTCondorJob(HTCondorJob):
+        async def _submit_job(self, script_filename):
+            with open(script_filename) as handle:
+                description = handle.read()
+            # The job script is a whole submit description, its `Queue` included (count=0).
+            result = await asyncio.to_thread(lambda: schedd().submit(htcondor.Submit(description), count=0))
+            return f"1 job(s) submitted to cluster {result.cluster()}."
+
+        @classmethod
+        async def _close_job(cls, job_id, cancel_command):
+            if job_id:
+                await asyncio.to_thread(lambda: schedd().act(htcondor.JobAction.Remove, [job_id]))
+
+    return BindingsHTCondorJob
+
+
 def condor_dask(workers: int = 2, on=None, cores: int = 1, memory: str = "1 GiB", timeout: float = 300, **kwargs):
     """Dask workers as HTCondor jobs of yours (dask-jobqueue), and a client on them.
 
@@ -121,7 +147,7 @@ def condor_dask(workers: int = 2, on=None, cores: int = 1, memory: str = "1 GiB"
         cores=cores, memory=memory, disk=kwargs.pop("disk", "100 MiB"), python=python,
         scheduler_options={"host": "127.0.0.1", "dashboard_address": kwargs.pop("dashboard_address", ":0")},
         log_directory=kwargs.pop("log_directory", os.path.expanduser("~/.officina/dask-condor-logs")),
-        job_extra_directives=extra, **kwargs,
+        job_extra_directives=extra, job_cls=_bindings_job_class(), **kwargs,
     )
     cluster.scale(workers)
     client = Client(cluster)
@@ -138,7 +164,7 @@ def condor_dask(workers: int = 2, on=None, cores: int = 1, memory: str = "1 GiB"
             cluster.close()
             raise TimeoutError(f"only {arrived} of {workers} Dask workers arrived within {timeout:g} s"
                                + (f"; HTCondor says: {held}" if held else ""))
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def _held_reasons(cluster) -> str:
