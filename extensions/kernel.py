@@ -4,6 +4,10 @@ It gives the kernel an address-space limit a little under the session's memory l
 that a cell allocating past the profile's memory fails with a MemoryError that says so,
 instead of the kernel being killed from outside (cgroup OOM) with no explanation. GPU
 profiles are left alone: CUDA reserves far more address space than it uses.
+
+It also loads sparkmonitor's kernel extension, so that the Spark jobs a cell runs show under
+it (`officina.lab.spark()` adds sparkmonitor's listener to the driver). Its front end opens
+its channel to the kernel when the kernel starts, so it cannot wait for the first Spark session.
 """
 
 from __future__ import annotations
@@ -17,6 +21,19 @@ def _gib(value: int) -> str:
 
 
 def load_ipython_extension(ip) -> None:
+    _load_sparkmonitor(ip)
+    _limit_memory(ip)
+
+
+def _load_sparkmonitor(ip) -> None:
+    try:
+        import sparkmonitor.kernelextension  # noqa: F401
+    except ImportError:
+        return
+    ip.extension_manager.load_extension("sparkmonitor.kernelextension")
+
+
+def _limit_memory(ip) -> None:
     try:
         limit = int(os.environ.get("OFFICINA_MEM_LIMIT", "0"))
     except ValueError:

@@ -55,6 +55,27 @@ def _address_space_for_the_jvm():
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
+def _monitor_properties() -> dict[str, str]:
+    """sparkmonitor's listener for this driver, when the kernel runs its extension (Officina's
+    kernel loads it): the jobs and stages of every cell then show under the cell, live. The
+    listener reports to the kernel on a loopback port the extension opened (passed to the
+    driver JVM in its environment)."""
+    extension = sys.modules.get("sparkmonitor.kernelextension")
+    if extension is None or getattr(extension, "monitor", None) is None:
+        return {}
+    import pyspark
+
+    # What the extension's own configure() sets, without its log line (a format error there
+    # prints a "Logging error" traceback into the cell). The jar is chosen by SPARK_HOME's jars.
+    os.environ.setdefault("SPARK_HOME", os.path.dirname(pyspark.__file__))
+    jar = extension.get_listener_jar_path(*extension.get_spark_versions())
+    if not jar:
+        return {}
+    os.environ["SPARKMONITOR_KERNEL_PORT"] = str(extension.monitor.getPort())
+    return {"spark.driver.extraClassPath": jar,
+            "spark.extraListeners": "sparkmonitor.listener.JupyterSparkMonitorListener"}
+
+
 def spark_session(
     master: str,
     app_name: str = "officina",
@@ -101,6 +122,7 @@ def spark_session(
     if secret:
         properties["spark.authenticate"] = "true"
         properties["spark.authenticate.secret"] = secret
+    properties.update(_monitor_properties())
     properties.update({_property(name): str(value) for name, value in conf.items()})
 
     builder = SparkSession.builder

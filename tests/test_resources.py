@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pwd
 import signal
+from pathlib import Path
 
 import httpx
 import psutil
@@ -13,6 +14,8 @@ import pytest
 from platform_harness import HubSession, run_in_kernel, start_platform, wait_for
 
 pytestmark = pytest.mark.timeout(600)
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 RESOURCES = {
     "idle_timeout": 60,
@@ -262,3 +265,45 @@ print("stopped", w.note.value, "| rows", len(w.rows))
     assert f'href="{platform.url}services/resources/ui/' in out
     assert "workers: at most 4, got 9 (HTTP 400)" in out
     assert "stopped " in out and "| rows 0" in out
+
+
+def test_sparkmonitor_shows_a_cells_jobs_in_jupyterlab(platform, alice, chromium):
+    """What a person sees in JupyterLab: a cell that runs Spark jobs gets sparkmonitor's live
+    table of its jobs underneath (kernel extension, listener in the driver, lab extension)."""
+    from playwright.sync_api import expect
+
+    cells = ["import officina.lab as lab\nspark = lab.spark(workers=1)",
+             "total = spark.range(2_000_000, numPartitions=4).selectExpr('sum(id) AS s').collect()[0]['s']\nprint('total', total)",
+             "spark.stop()\nprint(lab.stop_spark(spark.officina_cluster['id'])['phase'])"]
+    notebook = {"cells": [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": c}
+                          for c in cells],
+                "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+                "nbformat": 4, "nbformat_minor": 5}
+    r = httpx.put(f"{platform.url}user/alice/api/contents/sparkmonitor.ipynb", timeout=30,
+                  headers={"Authorization": f"token {alice.token}"},
+                  json={"type": "notebook", "format": "json", "content": notebook})
+    assert r.status_code in (200, 201), r.text
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        context.add_cookies([{"name": c.name, "value": c.value, "domain": "127.0.0.1", "path": c.path}
+                             for c in alice.session.http.cookies.jar])
+        page.goto(f"{platform.url}user/alice/lab/tree/sparkmonitor.ipynb", timeout=120_000)
+        expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_visible(timeout=120_000)
+        page.wait_for_timeout(3000)  # the kernel connection's set-up (see test_browser.py)
+        page.locator(".jp-Cell .cm-content").first.click()
+        for _ in cells[:2]:
+            page.keyboard.press("Shift+Enter")
+        expect(page.get_by_text("total 1999999000000")).to_be_visible(timeout=240_000)
+        # The job cell's monitor: its job table, the job completed.
+        monitor = page.locator(".sparkMonitorCellRoot", has=page.locator(".jobrow"))
+        expect(monitor.first).to_be_visible(timeout=60_000)
+        expect(monitor.first).to_contain_text("COMPLETED", timeout=60_000)
+        assert "Logging error" not in page.locator(".jp-Notebook").inner_text()
+        page.keyboard.press("Shift+Enter")
+        expect(page.get_by_text("stopped", exact=True)).to_be_visible(timeout=120_000)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "sparkmonitor.png"), full_page=True)
+        raise
+    finally:
+        context.close()
