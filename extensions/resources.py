@@ -90,10 +90,14 @@ def spark(workers: int | None = None, timeout: float = 300, **options):
 
 
 def cluster_secret(record: dict) -> str | None:
-    """The cluster's shared secret, from its configuration file (readable by this account only)."""
+    """The cluster's shared secret: from its configuration file (readable by this account
+    only) on one machine, from the resource manager (owner only) where the cluster is pods."""
     conf = record["endpoints"].get("conf")
     if not conf:
-        return None
+        try:
+            return Resources()._call("GET", f"api/resources/{record['id']}/secret")["secret"]
+        except ResourceError:
+            return None
     with open(conf) as handle:
         for line in handle:
             key, _, value = line.strip().partition(" ")

@@ -151,6 +151,12 @@ def test_one_user_cannot_see_or_touch_anothers_cluster(platform, alice, bob):
         for method, kwargs in (("GET", {}), ("PATCH", {"json": {"workers": 2}}), ("DELETE", {})):
             r = bob.api.request(method, f"resources/{resource_id}", **kwargs)
             assert r.status_code == 404 and f"you have no resource {resource_id}" in r.json()["error"]
+        # The cluster's secret: never to bob; not even to alice over HTTP on one machine (her
+        # 0600 file holds it; the API gives it out only where the cluster is pods).
+        r = bob.api.get(f"resources/{resource_id}/secret")
+        assert r.status_code == 404 and f"you have no resource {resource_id}" in r.json()["error"]
+        r = alice.api.get(f"resources/{resource_id}/secret")
+        assert r.status_code == 404 and "has no secret to give out here" in r.json()["error"]
         # The Spark UI through the hub: alice's, behind the login; not bob's, not anonymous.
         ui = record["endpoints"]["ui"]
         assert ui == f"{platform.url}services/resources/ui/{resource_id}/"

@@ -163,7 +163,11 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - any failure ends as a FAILED record with its reason
                 message = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
                 log.warning("Starting %s %s failed: %s", resource.kind, resource.id, message)
-                await asyncio.to_thread(self.backends[resource.kind].stop, resource)
+                try:
+                    await asyncio.to_thread(self.backends[resource.kind].stop, resource)
+                except Exception as cleanup:  # noqa: BLE001 - the record must still say FAILED
+                    log.error("Cleaning up %s %s failed too: %s", resource.kind, resource.id, cleanup)
+                    message += f" (and cleaning up failed: {cleanup})"
                 resource.phase, resource.message = Phase.FAILED, message
             else:
                 if resource.phase == Phase.STARTING:

@@ -166,6 +166,23 @@ class ResourceHandler(ApiHandler):
         self.send(public(resource, self.settings["public_base"]))
 
 
+class SecretHandler(ApiHandler):
+    """A Spark cluster's shared secret, for its owner's driver, where no file of theirs holds it
+    (pods on Kubernetes); on one machine it stays in the owner's 0600 file (`endpoints.conf`)."""
+
+    def get(self, resource_id):
+        user = self.user()
+        try:
+            resource = self.engine.get(user["name"], resource_id)
+        except NotFound as exc:
+            raise web.HTTPError(404, str(exc)) from None
+        state = resource.state or {}
+        if resource.kind != "spark" or state.get("workdir") or not state.get("secret"):
+            raise web.HTTPError(404, f"{resource.kind} {resource_id} has no secret to give out here")
+        self.set_header("Cache-Control", "no-store")
+        self.send({"secret": state["secret"]})
+
+
 def make_app(engine: Engine, prefix: str, public_base: str) -> web.Application:
     from .ui_proxy import ResourceUIProxy
 
@@ -177,6 +194,7 @@ def make_app(engine: Engine, prefix: str, public_base: str) -> web.Application:
             (url_path_join(api, "kinds"), KindsHandler, {"engine": engine}),
             (url_path_join(api, "resources"), ResourcesHandler, {"engine": engine}),
             (url_path_join(api, "resources", r"([0-9a-f]+)"), ResourceHandler, {"engine": engine}),
+            (url_path_join(api, "resources", r"([0-9a-f]+)", "secret"), SecretHandler, {"engine": engine}),
             (url_path_join(prefix, "ui", r"([0-9a-f]+)") + r"(?:/(.*))?", ResourceUIProxy, {"engine": engine}),
         ],
         hub_auth=hub_auth,

@@ -25,20 +25,11 @@ def engine_from_settings(raw_settings: dict) -> Engine:
     root.chmod(0o711)  # each resource's own folder is the user's and 0700
 
     kinds = {"spark": KindSpec.from_settings("spark", KIND_TITLES["spark"], resources["spark"]["options"])}
-    from .spark_local import LocalSparkBackend
-
-    work = root / "spark"
-    work.mkdir(exist_ok=True)
-    work.chmod(0o711)
     prefix = f"{settings['hub']['base_url']}services/resources/ui/{{id}}"
-    backends = {"spark": LocalSparkBackend(work_root=work, ui_prefix=prefix)}
-    condor = settings["condor"]
-    if condor["enabled"] is not False and host_can_run_condor(Path(condor["root"]))[0]:
-        # Offered where the supervisor runs the pool (the same test it makes).
-        from .condor_local import LocalCondorBackend, pool_for
-
-        kinds["condor"] = KindSpec.from_settings("condor", KIND_TITLES["condor"], resources["condor"]["options"])
-        backends["condor"] = LocalCondorBackend(pool_for(condor, state.root, state.homes))
+    if settings["sessions"]["spawner"] == "kubernetes":
+        backends = kubernetes_backends(settings, kinds, prefix)
+    else:
+        backends = local_backends(settings, state, root, kinds, prefix)
     system_accounts = settings.run_as_system_accounts
 
     def owner_of(username: str, groups) -> Owner:
@@ -55,3 +46,40 @@ def engine_from_settings(raw_settings: dict) -> Engine:
 
     return Engine(store=RecordStore(root / "records"), kinds=kinds, backends=backends,
                   limits=resources["limits"], owner_of=owner_of, idle_timeout=resources["idle_timeout"])
+
+
+def local_backends(settings: Settings, state: StateDir, root: Path, kinds: dict, prefix: str) -> dict:
+    """Processes on this machine, as the owners' accounts; HTCondor workers where the
+    supervisor runs the embedded pool (the same test it makes)."""
+    from .spark_local import LocalSparkBackend
+
+    work = root / "spark"
+    work.mkdir(exist_ok=True)
+    work.chmod(0o711)
+    backends = {"spark": LocalSparkBackend(work_root=work, ui_prefix=prefix)}
+    condor = settings["condor"]
+    if condor["enabled"] is not False and host_can_run_condor(Path(condor["root"]))[0]:
+        from .condor_local import LocalCondorBackend, pool_for
+
+        kinds["condor"] = KindSpec.from_settings("condor", KIND_TITLES["condor"], settings["resources"]["condor"]["options"])
+        backends["condor"] = LocalCondorBackend(pool_for(condor, state.root, state.homes))
+    return backends
+
+
+def kubernetes_backends(settings: Settings, kinds: dict, prefix: str) -> dict:
+    """Pods in the sessions' namespace (the hub's service account needs the RBAC of
+    helm/: pods, services, secrets, configmaps, deployments, networkpolicies). Spark runs the
+    default CPU profile's image (the driver's own pyspark must match); HTCondor workers join
+    the pool's collector (render it with `python -m officina.hub.resources.kubernetes
+    --kind condor-pool`)."""
+    from ..dask_gateway_kubernetes import default_cluster_image, session_namespace
+    from .kubernetes import KubernetesAsyncioApi, KubernetesCondorBackend, KubernetesSparkBackend
+
+    api = KubernetesAsyncioApi()
+    namespace = session_namespace()
+    backends = {"spark": KubernetesSparkBackend(api, namespace=namespace, image=default_cluster_image(settings["profiles"]),
+                                                ui_prefix=prefix)}
+    if settings["condor"]["enabled"] is not False:
+        kinds["condor"] = KindSpec.from_settings("condor", KIND_TITLES["condor"], settings["resources"]["condor"]["options"])
+        backends["condor"] = KubernetesCondorBackend(api, namespace=namespace)
+    return backends
