@@ -107,11 +107,23 @@ def cluster_secret(record: dict) -> str | None:
 
 
 def session_on(record: dict, **conf):
-    """A SparkSession on one of your clusters (a record from spark_clusters())."""
+    """A SparkSession on one of your clusters (a record from spark_clusters()).
+
+    Its application UI (jobs, stages, SQL) is reached through the cluster's UI on the hub, as
+    the master reverse-proxies it: `session.officina_app_ui`, for you only."""
+    from urllib.parse import urlsplit
+
     from .spark import spark_session
 
-    return spark_session(record["endpoints"]["master"], app_name=f"officina-{record['id']}",
-                         secret=cluster_secret(record), ui=record["endpoints"].get("ui_local"), **conf)
+    ui = record["endpoints"].get("ui")
+    if ui:
+        # The driver's pages then link under the master's proxy, which is under the hub's route.
+        conf = {"spark.ui.reverseProxy": "true", "spark.ui.reverseProxyUrl": urlsplit(ui).path.rstrip("/"), **conf}
+    session = spark_session(record["endpoints"]["master"], app_name=f"officina-{record['id']}",
+                            secret=cluster_secret(record), ui=record["endpoints"].get("ui_local"), **conf)
+    if ui:
+        session.officina_app_ui = f"{ui.rstrip('/')}/proxy/{session.sparkContext.applicationId}/"
+    return session
 
 
 def spark_clusters() -> list[dict]:

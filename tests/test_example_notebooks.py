@@ -94,6 +94,8 @@ def check_spark_dimuon_analysis(platform, notebook: dict) -> None:
     assert link, text
     # Through the resource manager's proxy behind the hub's login: not the master's loopback port.
     assert link.group(1).startswith(urljoin(platform.url, "services/resources/ui/")), link.group(1)
+    app = re.search(r"Application UI: (\S+)", text)
+    assert app and app.group(1).startswith(link.group(1) + "proxy/app-"), text
     assert re.search(r"Spark cluster [0-9a-f]+: stopped", text), text
 
 

@@ -120,11 +120,15 @@ def test_spark_from_a_notebook_job_scale_delete(platform, alice):
         "print('id', spark.officina_cluster['id'])\n"
         "print('sum', spark.range(1000000).selectExpr('sum(id) as s').collect()[0].s)\n"
         "print('executors', spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1)\n"
-        "spark.stop()\n"
+        "print('app-ui', spark.officina_app_ui)\n"
     ), timeout=300)
     assert cell["error"] is None, cell
     assert "sum 499999500000" in cell["stdout"]
     resource_id = cell["stdout"].split("id ", 1)[1].split()[0]
+    # The application's own UI (jobs, stages), through the master's proxy on the hub (the
+    # kernel's driver has ended with the cell: it is checked while running in the panel test).
+    app_ui = cell["stdout"].split("app-ui ", 1)[1].split()[0]
+    assert app_ui.startswith(f"{platform.url}services/resources/ui/{resource_id}/proxy/app-"), app_ui
     record = alice.api.get(f"resources/{resource_id}").json()
     assert record["phase"] == "running" and record["workers"] == 2 and record["owner"] == "alice"
     assert record["endpoints"]["master"].startswith("spark://127.0.0.1:")
@@ -273,7 +277,7 @@ print("stopped", w.note.value, "| rows", len(w.rows))
     assert "stopped " in out and "| rows 0" in out
 
 
-def test_sparkmonitor_shows_a_cells_jobs_in_jupyterlab(platform, alice, chromium):
+def test_sparkmonitor_shows_a_cells_jobs_in_jupyterlab(platform, alice, bob, chromium):
     """What a person sees in JupyterLab: a cell that runs Spark jobs gets sparkmonitor's live
     table of its jobs underneath (kernel extension, listener in the driver, lab extension)."""
     from playwright.sync_api import expect
@@ -301,6 +305,14 @@ def test_sparkmonitor_shows_a_cells_jobs_in_jupyterlab(platform, alice, chromium
         for _ in cells[:2]:
             page.keyboard.press("Shift+Enter")
         expect(page.get_by_text("total 1999999000000")).to_be_visible(timeout=240_000)
+        # The running application's own UI, through the master's proxy on the hub: alice's only.
+        records = alice.api.get("resources").json()
+        (record,) = [r for r in records if r["phase"] == "running"]
+        apps = alice.session.http.get(record["endpoints"]["ui"] + "json/").json()["activeapps"]
+        app_ui = f"{record['endpoints']['ui']}proxy/{apps[0]['id']}/"
+        jobs = alice.session.http.get(app_ui + "jobs/", follow_redirects=True)
+        assert jobs.status_code == 200 and "Spark Jobs" in jobs.text and "collect at" in jobs.text, jobs.text[:300]
+        assert bob.session.http.get(app_ui + "jobs/").status_code == 404
         # The job cell's monitor: its job table, the job completed.
         monitor = page.locator(".sparkMonitorCellRoot", has=page.locator(".jobrow"))
         expect(monitor.first).to_be_visible(timeout=60_000)
