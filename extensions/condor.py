@@ -145,7 +145,9 @@ def condor_dask(workers: int = 2, on=None, cores: int = 1, memory: str = "1 GiB"
         extra["requirements"] = wanted
     cluster = HTCondorCluster(
         cores=cores, memory=memory, disk=kwargs.pop("disk", "100 MiB"), python=python,
-        scheduler_options={"host": "127.0.0.1", "dashboard_address": kwargs.pop("dashboard_address", ":0")},
+        # No dashboard unless asked for: the session has no route to a port of the kernel's,
+        # and starting Bokeh costs the first result half a second.
+        scheduler_options={"host": "127.0.0.1", "dashboard_address": kwargs.pop("dashboard_address", None)},
         log_directory=kwargs.pop("log_directory", os.path.expanduser("~/.officina/dask-condor-logs")),
         job_extra_directives=extra, job_cls=_bindings_job_class(), **kwargs,
     )
