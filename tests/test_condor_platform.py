@@ -121,13 +121,31 @@ print("left", len(schedd.query(constraint=f"ClusterId == {job.cluster()} && JobS
 jobs.job_id.value = "x.y"
 jobs.remove_button.click()
 print("bad", jobs.note.value)
-""", timeout=180)
+nodes = panel.children[2].workers
+print("fields", list(nodes.fields))
+nodes.fields["workers"].value = 1
+nodes.create_button.click()
+print("created", nodes.note.value)
+rid = list(nodes.rows)[0]
+print("row", nodes.rows[rid]["title"].value)
+nodes.rows[rid]["workers"].value = 5
+nodes.rows[rid]["scale"].click()
+print("scale", nodes.note.value)
+nodes.rows[rid]["stop"].click()
+print("stopped", nodes.note.value, "| rows", len(nodes.rows))
+""", timeout=240)
     assert cell["error"] is None, cell
     out = cell["stdout"]
     assert "tabs ['Dask', 'Spark', 'HTCondor']" in out
     assert "spark-tab SparkClusters" in out and "workers-panel CondorWorkers" in out  # the pool is offered: execute nodes above the jobs
     assert "listed True" in out and "removed" in out and "left 0" in out
     assert "Job: give cluster or cluster.proc, got x.y" in out
+    # Execute nodes from the form the manager declares: create, refused scale, stop.
+    assert "fields ['workers', 'worker_cores', 'worker_memory']" in out
+    assert "created " in out and "with 1 nodes" in out
+    assert "requirements = TARGET.OfficinaResource ==" in out
+    assert "workers: at most 4, got 5 (HTTP 400)" in out
+    assert "stopped " in out and "| rows 0" in out
 
 
 def _pool_status(platform, constraint: str) -> list[list[str]]:
