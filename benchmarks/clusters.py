@@ -291,6 +291,20 @@ def drain(timeout=60):
             return
         time.sleep(0.5)
 """
+BY_HAND = """
+t0 = time.perf_counter()
+cluster = LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None)
+client = Client(cluster)
+jobs = SUBMISSIONS
+client.wait_for_workers(2, timeout=300)
+ready = time.perf_counter() - t0
+first_result(client)
+first = time.perf_counter() - t0
+client.close(); cluster.close()
+remove(jobs)
+drain()
+print(json.dumps({"ready": ready, "first": first}))
+"""
 CONDOR_ROUNDS = {
     "Officina": """
 t0 = time.perf_counter()
@@ -315,35 +329,9 @@ drain()
 print(json.dumps({"ready": ready, "first": first}))
 """,
     # The same jobs as dask-jobqueue's: one submission per worker, each of one job.
-    "by hand": """
-t0 = time.perf_counter()
-cluster = LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None)
-client = Client(cluster)
-jobs = [submit_workers(cluster.scheduler_address, 1) for _ in range(2)]
-client.wait_for_workers(2, timeout=300)
-ready = time.perf_counter() - t0
-first_result(client)
-first = time.perf_counter() - t0
-client.close(); cluster.close()
-remove(jobs)
-drain()
-print(json.dumps({"ready": ready, "first": first}))
-""",
+    "by hand": BY_HAND.replace("SUBMISSIONS", "[submit_workers(cluster.scheduler_address, 1) for _ in range(2)]"),
     # Both workers in one submission (one cluster of 2 jobs), as a person would write it.
-    "by hand, one submission": """
-t0 = time.perf_counter()
-cluster = LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None)
-client = Client(cluster)
-jobs = [submit_workers(cluster.scheduler_address, 2)]
-client.wait_for_workers(2, timeout=300)
-ready = time.perf_counter() - t0
-first_result(client)
-first = time.perf_counter() - t0
-client.close(); cluster.close()
-remove(jobs)
-drain()
-print(json.dumps({"ready": ready, "first": first}))
-""",
+    "by hand, one submission": BY_HAND.replace("SUBMISSIONS", "[submit_workers(cluster.scheduler_address, 2)]"),
 }
 
 

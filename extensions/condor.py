@@ -19,7 +19,7 @@ import os
 import pwd
 import time
 
-from .resources import ResourceError, Resources
+from .resources import ResourceError, Resources, create_running
 
 
 class CondorUnavailable(RuntimeError):
@@ -75,18 +75,8 @@ def condor_workers(workers: int | None = None, timeout: float = 300, **options) 
     hub's resource manager: `workers=N`, `worker_cores`, `worker_memory` (GiB), within your
     group's quota. Returns the resource's record; `stop_condor_workers(record["id"])` ends it,
     and it ends by itself after the idle timeout when no job runs on it."""
-    from .clusters import _progress
-
     _check_session()
-    manager = Resources()
-    request = dict(options)
-    if workers is not None:
-        request["workers"] = workers
-    record = manager.create("condor", **request)
-    update = _progress(record["workers"] or 1)
-    record = manager.wait_running(record["id"], timeout, lambda r: update(0))
-    update(record["workers"])
-    return record
+    return create_running("condor", workers, timeout, **options)
 
 
 def condor_worker_sets() -> list[dict]:

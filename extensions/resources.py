@@ -67,6 +67,22 @@ class Resources:
             time.sleep(0.5)
 
 
+def create_running(kind: str, workers: int | None, timeout: float, **options) -> dict:
+    """Ask the manager for a resource of `kind` and wait, with a progress bar, until it runs;
+    its record. Refusals (quota, options) raise ResourceError in the manager's words."""
+    from .clusters import _progress
+
+    manager = Resources()
+    request = dict(options)
+    if workers is not None:
+        request["workers"] = workers
+    record = manager.create(kind, **request)
+    update = _progress(record["workers"] or 1)
+    record = manager.wait_running(record["id"], timeout, lambda r: update(0))
+    update(record["workers"])
+    return record
+
+
 def spark(workers: int | None = None, timeout: float = 300, **options):
     """A Spark standalone cluster of your own, started by the hub, and a SparkSession on it.
 
@@ -74,16 +90,7 @@ def spark(workers: int | None = None, timeout: float = 300, **options):
     in GiB). The cluster outlives the kernel: `spark_clusters()` lists it, `stop_spark(id)`
     stops it, and it stops by itself after the idle timeout when it runs no application.
     """
-    from .clusters import _progress
-
-    manager = Resources()
-    request = dict(options)
-    if workers is not None:
-        request["workers"] = workers
-    record = manager.create("spark", **request)
-    update = _progress(record["workers"] or 1)
-    record = manager.wait_running(record["id"], timeout, lambda r: update(0))
-    update(record["workers"])
+    record = create_running("spark", workers, timeout, **options)
     session = session_on(record)
     session.officina_cluster = record  # the id, the UI link
     return session
