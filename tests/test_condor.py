@@ -487,7 +487,7 @@ def test_execute_nodes_for_one_user_survive_a_pool_restart(pool, tokens, account
     # The pool's own slot keeps the shape its starter gave it, whoever rewrites the config.
     assert "NUM_CPUS = 4\n" in written and "MEMORY = 4096\n" in written
     pool.stop()
-    pool.start()
+    pool.start()  # (the pool's own startd empties its execute folder at start: the nodes' are elsewhere)
     assert sorted(pool.worker_names("nodes1")) == names
     assert pool.set_workers("nodes1", "condora", 1, 1, 256) == ["nodes1-1@officina"]
     assert pool.set_workers("nodes1", "condora", 0, 1, 256) == []

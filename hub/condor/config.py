@@ -228,7 +228,8 @@ def _worker_startd_lines(worker: WorkerStartd) -> list[str]:
         f"{local}_ARGS = -local-name {local}",
         f"{local}.STARTD_NAME = {worker.name}",
         f"{local}.STARTD_LOG = $(LOG)/StartLog.{worker.resource}-{worker.index}",
-        f"{local}.EXECUTE = $(LOCAL_DIR)/execute/{worker.resource}-{worker.index}",
+        # Not under the pool's own EXECUTE: its startd empties that folder when it starts.
+        f"{local}.EXECUTE = $(LOCAL_DIR)/nodes/{worker.resource}-{worker.index}",
         f"{local}.STARTD_ADDRESS_FILE = $(LOG)/.startd_address.{worker.resource}-{worker.index}",
         f"{local}.STARTD_DAEMON_AD_FILE = $(LOG)/.startd_classad.{worker.resource}-{worker.index}",
         f"{local}.PROCD_ADDRESS = $(LOCK)/procd_pipe.{worker.resource}-{worker.index}",
@@ -247,7 +248,7 @@ def _worker_startd_lines(worker: WorkerStartd) -> list[str]:
 
 def worker_execute_dirs(worker: WorkerStartd) -> list[str]:
     """Folders under LOCAL_DIR that a worker startd needs before it starts."""
-    return [f"execute/{worker.resource}-{worker.index}"]
+    return ["nodes", f"nodes/{worker.resource}-{worker.index}"]
 
 
 def user_schedd_dirs(account: str) -> list[str]:
