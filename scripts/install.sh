@@ -41,3 +41,6 @@ fi
 if [ ! -x node_modules/.bin/configurable-http-proxy ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
+
+# The model servers' own environment (DEEPaaS and TensorFlow, pins of their own): models/README.md.
+scripts/model-env.sh >/dev/null
