@@ -13,6 +13,7 @@ from __future__ import annotations
 from .clusters import connect_dask, dask, dask_clusters, stop_dask
 from .condor import condor_dask, condor_worker_sets, condor_workers, schedd, stop_condor_workers, submit
 from .handlers import setup_handlers
+from .models import ModelServer, model_servers, serve, stop_model
 from .resources import spark, spark_clusters, stop_spark
 from .token_keeper import read_status as token_status
 

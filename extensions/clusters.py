@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 
-def _progress(total: int):
+def _progress(total: int, description: str = "Workers"):
     """An ipywidgets progress bar in a notebook, plain text lines elsewhere."""
     try:
         from IPython import get_ipython
@@ -18,7 +18,7 @@ def _progress(total: int):
         import ipywidgets
 
         if get_ipython() is not None and getattr(get_ipython(), "kernel", None) is not None:
-            bar = ipywidgets.IntProgress(min=0, max=total, description="Workers")
+            bar = ipywidgets.IntProgress(min=0, max=total, description=description)
             label = ipywidgets.Label(f"0 of {total}")
             display(ipywidgets.HBox([bar, label]))
 
@@ -33,7 +33,7 @@ def _progress(total: int):
 
     def update(n: int) -> None:
         if n != last[0]:
-            print(f"Workers: {n} of {total}", flush=True)
+            print(f"{description}: {n} of {total}", flush=True)
             last[0] = n
 
     return update

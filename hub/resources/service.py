@@ -30,7 +30,7 @@ from tornado import web
 
 from ..lifetime import watch_parent
 
-from .contract import Resource
+from .contract import Phase, Resource
 from .kinds import OptionError, QuotaError
 from .manager import Conflict, Engine, NotFound
 
@@ -115,7 +115,10 @@ def public(resource: Resource, base_url: str) -> dict:
         # own driver (sizing executors).
         endpoints["ui_local"] = endpoints["ui"]
         endpoints["ui"] = url_path_join(base_url, "ui", resource.id) + "/"
-    if state.get("workdir"):
+    if resource.kind == "model" and endpoints.get("api"):
+        # Callers (the owner, the groups it is shared with) go through the hub's proxy.
+        endpoints["api"] = url_path_join(base_url, "models", resource.id) + "/"
+    if state.get("workdir") and resource.kind == "spark":
         # The cluster's shared secret stays in a file only the owner's account can read.
         endpoints["conf"] = str(Path(state["workdir"]) / "conf" / "spark-defaults.conf")
     data["endpoints"] = endpoints
@@ -166,6 +169,23 @@ class ResourceHandler(ApiHandler):
         self.send(public(resource, self.settings["public_base"]))
 
 
+class ModelsHandler(ApiHandler):
+    """The model servers this user may call: their own and those shared with a group of theirs
+    (what a Voila app for basic users offers to choose from)."""
+
+    def get(self):
+        user = self.user()
+        groups = set(user.get("groups") or ())
+        base = self.settings["public_base"]
+        self.send([
+            {"id": r.id, "owner": r.owner, "model": r.endpoints.get("model"), "shared_with": r.options.get("share_with", []),
+             "api": url_path_join(base, "models", r.id) + "/"}
+            for r in self.engine.resources.values()
+            if r.kind == "model" and r.phase == Phase.RUNNING
+            and (r.owner == user["name"] or groups & set(r.options.get("share_with") or ()))
+        ])
+
+
 class SecretHandler(ApiHandler):
     """A Spark cluster's shared secret, for its owner's driver, where no file of theirs holds it
     (pods on Kubernetes); on one machine it stays in the owner's 0600 file (`endpoints.conf`)."""
@@ -184,7 +204,7 @@ class SecretHandler(ApiHandler):
 
 
 def make_app(engine: Engine, prefix: str, public_base: str) -> web.Application:
-    from .ui_proxy import ResourceUIProxy
+    from .ui_proxy import ModelProxy, ResourceUIProxy
 
     api = url_path_join(prefix, "api")
     hub_auth = HubOAuth(access_scopes=set(), cache_max_age=60)  # scopes are checked per handler
@@ -193,9 +213,11 @@ def make_app(engine: Engine, prefix: str, public_base: str) -> web.Application:
             (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
             (url_path_join(api, "kinds"), KindsHandler, {"engine": engine}),
             (url_path_join(api, "resources"), ResourcesHandler, {"engine": engine}),
+            (url_path_join(api, "models"), ModelsHandler, {"engine": engine}),
             (url_path_join(api, "resources", r"([0-9a-f]+)"), ResourceHandler, {"engine": engine}),
             (url_path_join(api, "resources", r"([0-9a-f]+)", "secret"), SecretHandler, {"engine": engine}),
             (url_path_join(prefix, "ui", r"([0-9a-f]+)") + r"(?:/(.*))?", ResourceUIProxy, {"engine": engine}),
+            (url_path_join(prefix, "models", r"([0-9a-f]+)") + r"(?:/(.*))?", ModelProxy, {"engine": engine}),
         ],
         hub_auth=hub_auth,
         cookie_secret=os.urandom(32),

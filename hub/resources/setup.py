@@ -13,7 +13,7 @@ from .contract import BackendError, Owner
 from .kinds import KindSpec
 from .manager import Engine, RecordStore
 
-KIND_TITLES = {"spark": "Spark cluster", "condor": "HTCondor workers"}
+KIND_TITLES = {"spark": "Spark cluster", "condor": "HTCondor workers", "model": "DEEPaaS model server"}
 
 
 def engine_from_settings(raw_settings: dict) -> Engine:
@@ -57,6 +57,13 @@ def local_backends(settings: Settings, state: StateDir, root: Path, kinds: dict,
     work.mkdir(exist_ok=True)
     work.chmod(0o711)
     backends = {"spark": LocalSparkBackend(work_root=work, ui_prefix=prefix)}
+    from .model_local import LocalModelBackend
+
+    models = root / "model"
+    models.mkdir(exist_ok=True)
+    models.chmod(0o711)
+    kinds["model"] = KindSpec.for_models(settings["resources"]["model"])
+    backends["model"] = LocalModelBackend(models, settings["resources"]["model"]["env"])
     condor = settings["condor"]
     if condor["enabled"] is not False and host_can_run_condor(Path(condor["root"]))[0]:
         from .condor_local import LocalCondorBackend, pool_for
@@ -73,12 +80,14 @@ def kubernetes_backends(settings: Settings, kinds: dict, prefix: str) -> dict:
     the pool's collector (render it with `python -m officina.hub.resources.kubernetes
     --kind condor-pool`)."""
     from ..dask_gateway_kubernetes import default_cluster_image, session_namespace
-    from .kubernetes import KubernetesAsyncioApi, KubernetesCondorBackend, KubernetesSparkBackend
+    from .kubernetes import KubernetesAsyncioApi, KubernetesCondorBackend, KubernetesModelBackend, KubernetesSparkBackend
 
     api = KubernetesAsyncioApi()
     namespace = session_namespace()
     backends = {"spark": KubernetesSparkBackend(api, namespace=namespace, image=default_cluster_image(settings["profiles"]),
                                                 ui_prefix=prefix)}
+    kinds["model"] = KindSpec.for_models(settings["resources"]["model"])
+    backends["model"] = KubernetesModelBackend(api, namespace=namespace)
     if settings["condor"]["enabled"] is not False:
         kinds["condor"] = KindSpec.from_settings("condor", KIND_TITLES["condor"], settings["resources"]["condor"]["options"])
         backends["condor"] = KubernetesCondorBackend(api, namespace=namespace)

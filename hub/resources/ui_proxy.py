@@ -33,3 +33,24 @@ class ResourceUIProxy(DashboardProxy):
         self.engine.touch(resource)
         self.location_prefix = self.request.uri.split(f"/ui/{resource_id}", 1)[0] + f"/ui/{resource_id}"
         return resource.endpoints["ui"]
+
+
+class ModelProxy(ResourceUIProxy):
+    """A model server's API (DEEPaaS: /v2/models/..., /swagger.json) through the hub's proxy,
+    for its owner and the members of the groups they shared it with (`share_with`).
+
+    Others get a 403 that says so; an absent server a 404. Every call counts as use (the idle
+    stop leaves a server alone while people call it)."""
+
+    def _target(self, resource_id: str) -> str:
+        user = self.current_user
+        resource = self.engine.resources.get(resource_id)
+        if resource is None or resource.kind != "model" or resource.phase != Phase.RUNNING:
+            raise web.HTTPError(404, f"There is no running model server {resource_id}.")
+        shared = set(resource.options.get("share_with") or ()) & set(user.get("groups") or ())
+        if resource.owner != user["name"] and not shared:
+            raise web.HTTPError(403, f"Model server {resource_id} is {resource.owner}'s and not shared with "
+                                     "any group of yours.")
+        self.engine.touch(resource)
+        self.location_prefix = self.request.uri.split(f"/models/{resource_id}", 1)[0] + f"/models/{resource_id}"
+        return resource.endpoints["api"]

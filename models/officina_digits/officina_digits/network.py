@@ -51,6 +51,23 @@ def build(learning_rate: float) -> keras.Model:
     return model
 
 
+class ProgressFile(keras.callbacks.Callback):
+    """Each epoch's metrics to $OFFICINA_MODEL_DIR/progress.json (runs.write_progress)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+        self.history: dict[str, list[float]] = {}
+
+    def on_train_begin(self, logs=None):
+        runs.write_progress(0, self.epochs, self.history)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, []).append(float(value))
+        runs.write_progress(epoch + 1, self.epochs, self.history)
+
+
 def train(epochs: int, learning_rate: float, batch_size: int, validation_split: float, seed: int,
           origin: str = "train") -> dict:
     """Train a fresh network, keep it as a new run, and return the run's metrics."""
@@ -61,7 +78,7 @@ def train(epochs: int, learning_rate: float, batch_size: int, validation_split: 
     model = build(learning_rate)
     fitted = model.fit(
         x_train, y_train, epochs=epochs, batch_size=batch_size,
-        validation_split=validation_split, verbose=0,
+        validation_split=validation_split, verbose=0, callbacks=[ProgressFile(epochs)],
     )
     test_loss, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
     history = {name: [float(v) for v in values] for name, values in fitted.history.items()}

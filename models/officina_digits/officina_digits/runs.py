@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 
 MODEL_FILE = "model.keras"
@@ -72,3 +73,16 @@ def lock():
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+PROGRESS_FILE = "progress.json"
+
+
+def write_progress(done: int, epochs: int, history: dict) -> None:
+    """The training's progress, after every epoch (atomically): DEEPaaS reports a training only
+    when it ends; a notebook of the model's owner reads this file to draw loss and accuracy live."""
+    folder = model_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (PROGRESS_FILE + ".tmp")
+    tmp.write_text(json.dumps({"epoch": done, "epochs": epochs, "history": history, "time": time.time()}))
+    os.replace(tmp, folder / PROGRESS_FILE)
