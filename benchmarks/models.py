@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -200,8 +201,13 @@ def main() -> int:
         results["predict() in-process"] = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
         if bare is not None:
-            os.killpg(bare.pid, 15)
-            bare.wait(30)
+            # DEEPaaS's worker processes do not always end on TERM: the group is killed after 10 s.
+            os.killpg(bare.pid, signal.SIGTERM)
+            try:
+                bare.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(bare.pid, signal.SIGKILL)
+                bare.wait(10)
         if platform is not None:
             try:
                 platform.down()
