@@ -191,7 +191,6 @@ class _LivePlot:
 
     def _draw(self, history: dict) -> None:
         import matplotlib.pyplot as plt
-        from IPython.display import display
 
         figure, (loss, accuracy) = plt.subplots(1, 2, figsize=(9, 3))
         epochs = range(1, len(history["loss"]) + 1)
@@ -203,10 +202,17 @@ class _LivePlot:
             axes.set_title(title)
             axes.legend()
         figure.tight_layout()
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(figure)
+        # As a PNG appended to the Output widget: a widget's `with output:` capture does not
+        # work from the thread a panel follows its training in.
+        import io
+
+        from IPython.display import Image
+
+        png = io.BytesIO()
+        figure.savefig(png, format="png")
         plt.close(figure)
+        self.output.outputs = ()  # (clear_output from a thread only marks it for clearing)
+        self.output.append_display_data(Image(data=png.getvalue(), format="png"))
 
 
 __all__ = ["ModelError", "ModelServer", "ResourceError", "model_servers", "serve", "stop_model"]

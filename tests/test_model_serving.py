@@ -189,6 +189,40 @@ def test_only_the_owner_and_the_shared_groups_may_call_it(platform, people, digi
     assert people["alice"].api.get(f"resources/{digits['id']}").json()["endpoints"]["api"].startswith(platform.url)
 
 
+def test_the_train_panel_trains_with_progress_and_cancels(platform, people, digits):
+    """The owner's notebook: the form from the model's declaration, Start, the epochs bar and
+    the live curves, the result; then a long training cancelled."""
+    from platform_harness import run_in_kernel
+
+    cell = run_in_kernel(platform, "alice", people["alice"].token, f"""
+import time
+import officina.lab as lab
+from officina.widgets import TrainPanel
+server = [lab.ModelServer(r) for r in lab.model_servers() if r["id"] == "{digits['id']}"][0]
+panel = TrainPanel(server, poll=0.2)
+print("fields", sorted(panel.fields), panel.fields["epochs"].min, panel.fields["epochs"].max)
+panel.fields["epochs"].value = 3
+panel.start()
+result = panel.wait(300)
+print("progress", panel.progress.value, "of", panel.progress.max)
+print("note", panel.note.value)
+print("curves", len(panel.plot.outputs))
+print("epochs-run", len(result["result"]["output"]["history"]["loss"]))
+panel.fields["epochs"].value = 50
+panel.start()
+time.sleep(3)
+panel.cancel()
+panel.wait(120)
+print("cancelled", panel.note.value)
+""", timeout=420)
+    assert cell["error"] is None, cell
+    out = cell["stdout"]
+    assert "fields ['batch_size', 'epochs', 'learning_rate', 'seed', 'validation_split'] 1 50" in out, out
+    assert "progress 3 of 3" in out and "Done: " in out and "accuracy 0." in out, out
+    assert "curves 1" in out and "epochs-run 3" in out, out
+    assert re.search(r"^cancelled .*Cancelled [0-9a-f-]+", out, re.M), out
+
+
 def test_the_swagger_spec_holds_through_the_platform(people, digits):
     """schemathesis generates requests from the server's own Swagger spec (valid and invalid
     ones) and sends them through the hub's proxy: no answer may be a server error."""

@@ -66,6 +66,7 @@ class TrainPanel(widgets.VBox):
         self.uuid: str | None = None
         self.result: dict | None = None
         self._thread: threading.Thread | None = None
+        self._cancelled = False
         super().__init__(children=[
             widgets.HTML(f"<h3>Train {html.escape(server.model)}</h3>"),
             widgets.VBox(list(self.fields.values())),
@@ -81,7 +82,7 @@ class TrainPanel(widgets.VBox):
         except ModelError as exc:  # the model's own check, in its words
             _say(self.note, f"Not started: {exc}", ok=False)
             return False
-        self.uuid, self.result = started["uuid"], None
+        self.uuid, self.result, self._cancelled = started["uuid"], None, False
         self.progress.max, self.progress.value = int(args.get("epochs") or 1), 0
         self.start_button.disabled, self.cancel_button.disabled = True, False
         self.note.value = f"Training {self.uuid}…"
@@ -96,6 +97,7 @@ class TrainPanel(widgets.VBox):
 
     def cancel(self) -> None:
         if self.uuid:
+            self._cancelled = True
             try:
                 self.server.cancel_training(self.uuid)
                 _say(self.note, f"Cancelled {self.uuid}", ok=False)
@@ -121,10 +123,13 @@ class TrainPanel(widgets.VBox):
                 self.result = status
                 accuracy = output.get("test_accuracy", output.get("accuracy"))
                 _say(self.note, f"Done: {uuid}" + (f", accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""))
+            elif self._cancelled:
+                _say(self.note, f"Cancelled {uuid}", ok=False)
             else:
                 _say(self.note, f"Training {status['status']}: {status.get('message', '')}", ok=False)
         except ModelError as exc:
-            _say(self.note, f"Training: {exc}", ok=False)
+            # DEEPaaS forgets a cancelled training: its status then answers 404.
+            _say(self.note, f"Cancelled {uuid}" if self._cancelled else f"Training: {exc}", ok=False)
         finally:
             self.start_button.disabled, self.cancel_button.disabled = False, True
 
