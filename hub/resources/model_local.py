@@ -32,7 +32,7 @@ import psutil
 
 from ..accounts import _first_closed_folder, make_session_preexec
 from .contract import BackendError, Owner, Resource
-from .spark_local import LOOPBACK, _group, _process, _reap, free_port, log_tail
+from .spark_local import LOOPBACK, _process, _reap, free_port, log_tail, owner_account, terminate
 
 STATE_VERSION = 1
 
@@ -124,15 +124,7 @@ class LocalModelBackend:
     # -- processes ------------------------------------------------------------------------
 
     def _account(self, owner: Owner) -> pwd.struct_passwd | None:
-        if owner.account is None:
-            return None
-        try:
-            account = pwd.getpwnam(owner.account)
-        except KeyError:
-            raise BackendError(f"{owner.name} has no system account {owner.account!r} yet: start a session once first") from None
-        if account.pw_uid == 0:
-            raise BackendError(f"refusing to run {owner.name}'s model server as {owner.account!r}, which has uid 0")
-        return None if account.pw_uid == os.getuid() else account
+        return owner_account(owner, "model server")
 
     def _make_workdir(self, resource: Resource, owner: Owner, account) -> Path:
         if "/" in resource.id or resource.id in ("", ".", ".."):
@@ -240,26 +232,7 @@ class LocalModelBackend:
             raise
 
     def _terminate(self, record: dict) -> None:
-        import signal
-
-        for sig, wait in ((signal.SIGTERM, self.grace), (signal.SIGKILL, 5.0)):
-            members = _group(record)
-            if not members:
-                break
-            for proc in members:
-                try:
-                    proc.send_signal(sig)
-                except psutil.Error:
-                    pass
-            psutil.wait_procs(members, timeout=wait)
-        child = self._children.pop(record["pid"], None)
-        if child is not None:
-            try:
-                child.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                pass
-        else:
-            _reap(record["pid"])
+        terminate([record], self._children, self.grace)
 
     def _get(self, resource: Resource, path: str):
         import json

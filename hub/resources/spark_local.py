@@ -124,6 +124,47 @@ def _reap(pid: int) -> None:
         pass
 
 
+def owner_account(owner: Owner, what: str) -> pwd.struct_passwd | None:
+    """The account a local backend switches to for `owner`'s `what`, or None to stay in the
+    platform's own (no system accounts, or already that account)."""
+    if owner.account is None:
+        return None
+    try:
+        account = pwd.getpwnam(owner.account)
+    except KeyError:
+        raise BackendError(f"{owner.name} has no system account {owner.account!r} yet: start a session once first") from None
+    if account.pw_uid == 0:
+        raise BackendError(f"refusing to run {owner.name}'s {what} as {owner.account!r}, which has uid 0")
+    if account.pw_uid == os.getuid():
+        return None
+    return account
+
+
+def terminate(records: list[dict], children: dict[int, subprocess.Popen], grace: float) -> None:
+    """TERM to each daemon's whole process group, KILL to what is left after `grace`; then
+    collect the daemons (our children, from `children`, or any exited one of ours)."""
+    records = [r for r in records if r]
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        members = [proc for record in records for proc in _group(record)]
+        if not members:
+            break
+        for proc in members:
+            try:
+                proc.send_signal(sig)
+            except psutil.Error:
+                pass
+        psutil.wait_procs(members, timeout=wait)
+    for record in records:
+        child = children.pop(record["pid"], None)
+        if child is not None:
+            try:
+                child.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            _reap(record["pid"])
+
+
 class LocalSparkBackend:
     """The `spark` kind on local processes (see the module's docstring)."""
 
@@ -266,18 +307,7 @@ class LocalSparkBackend:
         return cores, max(1, round(memory * 1024))
 
     def _account(self, owner: Owner) -> pwd.struct_passwd | None:
-        """The account to switch to, or None to stay in the platform's own."""
-        if owner.account is None:
-            return None
-        try:
-            account = pwd.getpwnam(owner.account)
-        except KeyError:
-            raise BackendError(f"{owner.name} has no system account {owner.account!r} yet: start a session once first") from None
-        if account.pw_uid == 0:
-            raise BackendError(f"refusing to run {owner.name}'s Spark cluster as {owner.account!r}, which has uid 0")
-        if account.pw_uid == os.getuid():
-            return None
-        return account
+        return owner_account(owner, "Spark cluster")
 
     def _make_workdir(self, resource: Resource, account: pwd.struct_passwd | None) -> Path:
         if "/" in resource.id or resource.id in ("", ".", ".."):
@@ -412,27 +442,7 @@ class LocalSparkBackend:
             time.sleep(0.25)
 
     def _terminate(self, records: list[dict]) -> None:
-        """TERM to each daemon's whole process group, KILL to what is left after `grace`."""
-        records = [r for r in records if r]
-        for sig, wait in ((signal.SIGTERM, self.grace), (signal.SIGKILL, 5.0)):
-            members = [proc for record in records for proc in _group(record)]
-            if not members:
-                break
-            for proc in members:
-                try:
-                    proc.send_signal(sig)
-                except psutil.Error:
-                    pass
-            psutil.wait_procs(members, timeout=wait)
-        for record in records:
-            child = self._children.pop(record["pid"], None)
-            if child is not None:
-                try:
-                    child.wait(timeout=1)
-                except subprocess.TimeoutExpired:
-                    pass
-            else:
-                _reap(record["pid"])
+        terminate(records, self._children, self.grace)
 
     # -- the master's view ----------------------------------------------------------------
 
