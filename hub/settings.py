@@ -134,6 +134,10 @@ def _check_consistency(doc: dict, source: str) -> None:
         ports["resources.port"] = doc["resources"]["port"]
     if doc["condor"]["enabled"] is not False:
         ports["condor.port"] = doc["condor"]["port"]
+    if doc["data"]["enabled"] is not False:
+        from .data.sites import data_ports
+
+        ports.update(data_ports(doc["data"]))
     seen: dict[int, str] = {}
     for key, port in ports.items():
         if port in seen:
@@ -170,7 +174,9 @@ def _check_consistency(doc: dict, source: str) -> None:
 
     from .dask_options import check_dask_settings
 
-    problem = check_catalogue(doc["profiles"]) or check_dask_settings(doc["dask"])
+    from .data.sites import check_data_settings
+
+    problem = check_catalogue(doc["profiles"]) or check_dask_settings(doc["dask"]) or check_data_settings(doc["data"])
     if problem:
         raise SettingsError(f"{source}: {problem}")
     state = Path(doc["state_dir"])

@@ -250,6 +250,28 @@ class Supervisor:
                 raise SupervisorError(f"condor.enabled is true, but the HTCondor pool cannot run here: {why}")
             else:
                 self.notices.append(f"HTCondor pool not started: {why} (or set condor.enabled: false)")
+        data = s["data"]
+        if data["enabled"] is not False:
+            from .data.federation import host_can_run_federation
+
+            can, why = host_can_run_federation()
+            if can:
+                # After the IAM stand-in: the federation reads the issuer's keys at start.
+                components.append(
+                    Component(
+                        name="data",
+                        argv=[python, "-m", "officina.hub.data", "run", "--settings", str(state.settings_file)],
+                        env=base_env,
+                        cwd=state.run,
+                        health_url=f"tcp://127.0.0.1:{data['cache']['port']}",
+                        ready_timeout=120,
+                        stop_timeout=30,
+                    )
+                )
+            elif data["enabled"] is True:
+                raise SupervisorError(f"data.enabled is true, but the data federation cannot run here: {why}")
+            else:
+                self.notices.append(f"Data federation not started: {why} (or set data.enabled: false)")
         sessions = s["sessions"]
         if sessions["idle_timeout"] or sessions["max_age"]:
             argv = [
@@ -425,6 +447,9 @@ class Supervisor:
         lines.append(f"Profiles: {', '.join(p['slug'] for p in s['profiles'])}; limits by {how}; GPUs: {gpu_text}.")
         if any(c.name == "htcondor" for c in self.components):
             lines.append(f"HTCondor: a one-node pool on 127.0.0.1:{s['condor']['port']}; sessions get a token at start.")
+        if any(c.name == "data" for c in self.components):
+            lines.append(f"Data: sites {', '.join(site['name'] for site in s['data']['sites'])} behind an XCache at "
+                         f"root://127.0.0.1:{s['data']['cache']['port']}// (reads with the user's token).")
         lines.extend(self.notices)
         lines.append("Stop with Ctrl-C or `officina down`.")
         self.say("\n  ".join(lines))

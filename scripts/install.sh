@@ -9,6 +9,10 @@ with_tests=0
 [ "${1:-}" = "--test" ] && with_tests=1
 
 apt_packages=(python3 python3-venv python3-dev passwd openjdk-17-jre-headless debootstrap)
+# The data federation (hub/data): XRootD 5.5 origins, redirector and XCache, token
+# authorization, the FUSE mount; openssl names the federation's CA for XRootD's clients.
+apt_packages+=(xrootd-server xrootd-client xrootd-plugins xrootd-server-plugins xrootd-fuse
+  xrootd-scitokens-plugins fuse3 openssl)
 [ "$with_tests" = 1 ] && apt_packages+=(chromium fonts-dejavu-core)
 missing=()
 for p in "${apt_packages[@]}"; do

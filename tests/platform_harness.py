@@ -79,6 +79,20 @@ class Platform:
             # No HTCondor root here unless a test names one: `officina up` says why it runs no pool.
             "condor": {"enabled": "auto", "root": str(self.root / "no-condor-root"), "port": condor},
         }
+        # The data federation only where a test asks for it (data: {enabled: true}), on free
+        # ports: it adds daemons and a generated dataset to every platform otherwise.
+        cache, redirector, cmsd, site_a, site_b = free_ports(5)
+        self.config["data"] = {
+            "enabled": False,
+            "cache": {"port": cache},
+            "redirector": {"port": redirector, "cmsd_port": cmsd},
+            "sites": [
+                {"name": "site-a", "origin": "embedded", "port": site_a, "paths": ["/store/data"],
+                 "read": [{"path": "/store/data", "groups": ["officina"]}]},
+                {"name": "site-b", "origin": "embedded", "port": site_b, "paths": ["/store/mc"],
+                 "read": [{"path": "/store/mc", "groups": ["officina/gpu", "officina/admins"]}]},
+            ],
+        }
         _deep_update(self.config, self.overrides)
         self.config_file = self.root / "officina.yaml"
         self.config_file.write_text(yaml.safe_dump(self.config))

@@ -1,0 +1,65 @@
+"""Reading from the federation with a token file, the way a session does.
+
+Sessions find their token the WLCG way: BEARER_TOKEN_FILE names a file holding the access
+token (kept fresh by the platform), which XRootD's client reads itself; the token is never put
+in an argument or a URL. X509_CERT_DIR points at the federation's CA (the daemons speak TLS,
+which the token protocol requires).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+XRDCP = "/usr/bin/xrdcp"
+
+
+class DataReadError(Exception):
+    """A read was refused or failed; the message says which path and why."""
+
+
+def reader_environment(token_file: str | os.PathLike | None, ca_dir: str | os.PathLike,
+                       base: dict | None = None) -> dict[str, str]:
+    """The environment for XRootD clients (xrdcp, the Python `XRootD` bindings, fsspec-xrootd,
+    uproot) reading with `token_file`: BEARER_TOKEN_FILE and X509_CERT_DIR. No token file:
+    any token the caller's environment names is removed, so the read is anonymous."""
+    env = dict(os.environ if base is None else base)
+    for name in ("BEARER_TOKEN", "BEARER_TOKEN_FILE"):
+        env.pop(name, None)
+    if token_file is not None:
+        env["BEARER_TOKEN_FILE"] = str(token_file)
+    env["X509_CERT_DIR"] = str(ca_dir)
+    # Nothing falls back to another token location of this account (XDG_RUNTIME_DIR/bt_u<uid>).
+    env.pop("XDG_RUNTIME_DIR", None)
+    return env
+
+
+def _explain(path: str, detail: str) -> str:
+    if "No protocols left to try" in detail or "Auth failed" in detail:
+        why = "no valid token was presented (is BEARER_TOKEN_FILE set and the token unexpired?)"
+    elif "permission denied" in detail.lower() or "3010" in detail:
+        why = "permission denied: the token's groups and scopes do not allow reading this path"
+    elif "no such file" in detail.lower() or "3011" in detail:
+        why = ("not found: the file is not in the cache and no site could serve it "
+               "(the path does not exist, or its site is unreachable)")
+    elif "timed out" in detail.lower() or "Operation expired" in detail:
+        why = "timed out: the file is not in the cache and its site did not answer"
+    else:
+        why = "read failed"
+    return f"cannot read {path}: {why} [{detail.strip().splitlines()[-1] if detail.strip() else 'no detail'}]"
+
+
+def read_file(url: str, destination: str | os.PathLike, token_file: str | os.PathLike | None,
+              ca_dir: str | os.PathLike, timeout: float = 120) -> Path:
+    """Copy `url` (root://host:port//path) to `destination` with the token in `token_file`.
+    Raises DataReadError with a reason a user can act on."""
+    destination = Path(destination)
+    result = subprocess.run(
+        [XRDCP, "--force", "--nopbar", url, str(destination)],
+        env=reader_environment(token_file, ca_dir), capture_output=True, text=True, timeout=timeout,
+    )
+    if result.returncode != 0:
+        path = "/" + url.split("//", 2)[-1].lstrip("/") if "//" in url else url
+        raise DataReadError(_explain(path, result.stderr or result.stdout))
+    return destination
