@@ -53,6 +53,8 @@ def test_embedded_default_is_two_sites_behind_one_cache(tmp_path):
     ({"sites": [site("a", 9001, ["/store/data"], origin="somewhere")]}, "data.sites.0.origin: 'somewhere' does not have the required form"),
     ({"cache": {"size": "1g"}}, "data.cache.size: unknown key"),
     ({"enabled": "yes"}, "data.enabled: 'yes' is not one of"),
+    ({"redirector": {"address": "redirector.example.org:1094"}},
+     "data.sites[0].origin: an embedded site subscribes to the embedded redirector"),
 ])
 def test_mistakes_are_refused_naming_the_field(tmp_path, data, message):
     with pytest.raises(SettingsError) as err:

@@ -211,9 +211,10 @@ class XRootDFederation:
             self.daemons[name] = Daemon(name, [binary, "-c", str(conf), "-n", instance, *as_account], env,
                                         self.log_of(name), port)
 
-        rdr = self.root / "redirector" / "xrootd.cfg"
-        daemon("redirector-cmsd", CMSD, rdr, None, self.federation.redirector_cmsd_port)
-        daemon("redirector", XROOTD, rdr, None, self.federation.redirector_port)
+        if not self.federation.redirector_address:
+            rdr = self.root / "redirector" / "xrootd.cfg"
+            daemon("redirector-cmsd", CMSD, rdr, None, self.federation.redirector_cmsd_port)
+            daemon("redirector", XROOTD, rdr, None, self.federation.redirector_port)
         for site in embedded:
             d = self.site_dir(site)
             daemon(f"{site.name}-cmsd", CMSD, d / "xrootd.cfg", d / "home", None)

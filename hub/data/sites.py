@@ -73,6 +73,8 @@ class Federation:
     cache: CacheSpec
     redirector_port: int
     redirector_cmsd_port: int
+    # A real redirector (host:port) the cache reads from; None: the embedded one.
+    redirector_address: str | None
     state_dir: Path
     issuer: str
 
@@ -83,6 +85,11 @@ class Federation:
     @property
     def redirector_url(self) -> str:
         return f"root://{LOOPBACK}:{self.redirector_port}"
+
+    @property
+    def cache_origin(self) -> str:
+        """What the cache reads from: the real redirector, or the embedded one."""
+        return self.redirector_address or f"{LOOPBACK}:{self.redirector_port}"
 
     @property
     def exported_paths(self) -> tuple[str, ...]:
@@ -119,6 +126,7 @@ def federation_from_settings(settings) -> Federation:
         ),
         redirector_port=data["redirector"]["port"],
         redirector_cmsd_port=data["redirector"]["cmsd_port"],
+        redirector_address=data["redirector"]["address"],
         state_dir=state,
         issuer=settings.issuer,
     )
@@ -136,6 +144,10 @@ def check_data_settings(data: dict) -> str | None:
         if site["name"] in seen_names:
             return f"{key}.name: site {site['name']!r} is declared twice"
         seen_names.add(site["name"])
+        if site["origin"] == "embedded" and data["redirector"]["address"]:
+            return (f"{key}.origin: an embedded site subscribes to the embedded redirector, but "
+                    f"data.redirector.address names a real one ({data['redirector']['address']}); "
+                    "declare the site by host:port")
         if site["origin"] == "embedded" and site.get("port") is None:
             return f"{key}.port: an embedded origin needs a port"
         if site["origin"] != "embedded" and site.get("port") is not None:
@@ -154,11 +166,10 @@ def check_data_settings(data: dict) -> str | None:
 
 def data_ports(data: dict) -> dict[str, int]:
     """Every port the embedded federation listens on, by settings key (for the port check)."""
-    ports = {
-        "data.cache.port": data["cache"]["port"],
-        "data.redirector.port": data["redirector"]["port"],
-        "data.redirector.cmsd_port": data["redirector"]["cmsd_port"],
-    }
+    ports = {"data.cache.port": data["cache"]["port"]}
+    if not data["redirector"]["address"]:
+        ports["data.redirector.port"] = data["redirector"]["port"]
+        ports["data.redirector.cmsd_port"] = data["redirector"]["cmsd_port"]
     for i, site in enumerate(data["sites"]):
         if site["origin"] == "embedded":
             ports[f"data.sites[{i}].port"] = site["port"]
