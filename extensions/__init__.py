@@ -10,6 +10,7 @@ A Jupyter server extension that every session loads (its REST API lives under
 
 from __future__ import annotations
 
+from .apps import publish, published_apps, unpublish
 from .clusters import connect_dask, dask, dask_clusters, stop_dask
 from .condor import condor_dask, condor_worker_sets, condor_workers, schedd, stop_condor_workers, submit
 from .handlers import setup_handlers

@@ -77,6 +77,10 @@ class DashboardProxy(HubOAuthenticated, websocket.WebSocketHandler):
     def _url(self, base: str) -> str:
         return base.rstrip("/") + self.request.uri
 
+    def _upstream_headers(self) -> dict:
+        """Headers of our own for the upstream (its credentials, where it has some)."""
+        return {}
+
     @web.authenticated
     async def get(self, cluster_name: str, rest: str = ""):
         base = self._target(cluster_name)
@@ -93,6 +97,7 @@ class DashboardProxy(HubOAuthenticated, websocket.WebSocketHandler):
 
     async def _forward(self, base: str) -> None:
         headers = {k: v for k, v in self.request.headers.get_all() if k.lower() not in DROPPED_REQUEST_HEADERS}
+        headers.update(self._upstream_headers())
         body = self.request.body if self.request.method in ("POST", "PUT", "PATCH") else None
         request = httpclient.HTTPRequest(
             self._url(base), method=self.request.method, headers=headers, body=body,
@@ -124,7 +129,7 @@ class DashboardProxy(HubOAuthenticated, websocket.WebSocketHandler):
     async def open(self, cluster_name: str, rest: str = ""):
         try:
             self.upstream_ws = await websocket.websocket_connect(
-                httpclient.HTTPRequest(self.upstream_url, request_timeout=30),
+                httpclient.HTTPRequest(self.upstream_url, headers=self._upstream_headers(), request_timeout=30),
                 on_message_callback=self._from_upstream,
                 subprotocols=self._requested_subprotocols(),
             )

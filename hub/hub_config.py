@@ -116,6 +116,10 @@ def configure(c, raw_settings: dict) -> None:
         {"name": "server", "scopes": ["users:activity!user", "access:servers!server", "read:users:groups!user", *user_scopes]},
         {"name": "user", "scopes": ["self", *user_scopes]},
     ]
+    if resources["enabled"]:
+        # A published Voila app's kernel calls model servers as its owner: the manager mints
+        # that token (limited to reaching the manager, see resources.app_local) and revokes it.
+        roles.append({"name": "resources-service", "scopes": ["tokens"], "services": ["resources"]})
 
     # --- sessions ---
     c.JupyterHub.spawner_class = "officina.hub.spawner.LocalSessionSpawner"

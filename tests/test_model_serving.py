@@ -262,42 +262,106 @@ def test_the_swagger_spec_holds_through_the_platform(people, digits):
     assert not errors, errors
 
 
-def test_a_basic_user_predicts_in_the_voila_app(platform, people, digits, chromium):
-    """carol, in her group's app: choose alice's shared model, upload a picture, see the answer."""
+def test_a_published_app_serves_a_basic_user_of_the_chosen_group(platform, people, digits, chromium):
+    """alice publishes the Voila app to officina/users; carol (a basic user of that group) opens
+    its address, picks alice's model, uploads a picture and sees the answer; bob (another
+    group) is refused; and the app stops with its owner's word."""
     from playwright.sync_api import expect
 
-    carol = people["carol"]
+    alice, carol, bob = people["alice"], people["carol"], people["bob"]
+    # The app answers with the model's latest training, and the fuzzing before may have left a
+    # barely trained one (random learning rate, one epoch): train a proper one first.
+    trained = alice.client(digits).train(epochs=3, plot=False)
+    assert trained["status"] == "done", trained
     app = json.loads((REPO / "example-notebooks" / "digits-app.ipynb").read_text())
-    r = carol.session.http.put(f"{platform.url}user/carol/api/contents/digits-app.ipynb", timeout=30,
-                               headers={"Authorization": f"token {carol.token}"},
+    contents = f"{platform.url}user/alice/api/contents/"
+    auth = {"Authorization": f"token {alice.token}"}
+    alice.session.http.put(contents + "apps", headers=auth, json={"type": "directory"}, timeout=30)
+    r = alice.session.http.put(contents + "apps/digits-app.ipynb", headers=auth, timeout=30,
                                json={"type": "notebook", "format": "json", "content": app})
     assert r.status_code in (200, 201), r.text
-    sample = next(SAMPLES.glob("7-*.png"))
-    context = chromium.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
+    # Bad requests: named, and nothing started.
+    for request, error in (({}, "notebook: which notebook of your home to publish"),
+                           ({"notebook": "apps/notes.txt"}, "notebook: a notebook (.ipynb) inside your home"),
+                           ({"notebook": "../bob/x.ipynb"}, "notebook: a folder inside your home"),
+                           ({"notebook": "apps/digits-app.ipynb", "share_with": ["officina/gpu"]},
+                            "share_with: you can share only with groups you are in")):
+        refused = alice.api.post("resources", json={"kind": "app", **request})
+        assert refused.status_code == 400 and error in refused.json()["error"], (request, refused.text)
+    missing = alice.api.post("resources", json={"kind": "app", "notebook": "apps/nowhere.ipynb"})
+    assert missing.status_code == 202
+    failed = wait_for(lambda: (lambda r: r if r["phase"] in ("failed", "running") else None)(
+        alice.api.get(f"resources/{missing.json()['id']}").json()), 60, "the app without a notebook to fail")
+    assert failed["phase"] == "failed" and "there is no apps/nowhere.ipynb in your home" in failed["message"], failed
+
+    from platform_harness import run_in_kernel
+
+    cell = run_in_kernel(platform, "alice", alice.token, """
+import json
+import officina.lab as lab
+app = lab.publish("apps/digits-app.ipynb", share_with=["officina/users"])
+print("APP", json.dumps(app))
+""", timeout=300)
+    assert cell["error"] is None, cell
+    published = json.loads(cell["stdout"].split("APP ", 1)[1])
+    assert published["phase"] == "running", published
+    url = published["endpoints"]["app"]
+    assert url == f"{platform.url}services/resources/apps/{published['id']}/"
     try:
-        context.add_cookies([{"name": c.name, "value": c.value, "domain": "127.0.0.1", "path": c.path}
-                             for c in carol.session.http.cookies.jar])
-        page.goto(f"{platform.url}user/carol/voila/render/digits-app.ipynb", timeout=180_000)
-        expect(page.locator("select").first).to_contain_text(f"officina_digits of alice ({digits['id']})", timeout=180_000)
-        # ipywidgets' upload button opens the browser's file chooser (its input is not in the page).
-        with page.expect_file_chooser() as chooser:
-            page.locator(".widget-upload").click()
-        chooser.value.set_files(str(sample))
-        page.get_by_role("button", name="Predict").click()
-        expect(page.get_by_text(re.compile(r"Predicted digit: 7 \(\d+%\)"))).to_be_visible(timeout=60_000)
-        expect(page.locator("img").last).to_be_visible()  # the probability chart
-        # A text file: the model's refusal, in its words.
-        with page.expect_file_chooser() as chooser:
-            page.locator(".widget-upload").click()
-        chooser.value.set_files(files=[{"name": "note.txt", "mimeType": "text/plain", "buffer": b"not a picture"}])
-        page.get_by_role("button", name="Predict").click()
-        expect(page.get_by_text(re.compile(r"The model refused it: .*not a PNG or JPEG image"))).to_be_visible(timeout=60_000)
-    except Exception:
-        page.screenshot(path=str(REPO / "test-artifacts" / "digits-app.png"), full_page=True)
-        raise
+        # Listed for the group, not for others; Voila runs as alice's account, on loopback.
+        assert [a["id"] for a in carol.api.get("apps").json()] == [published["id"]]
+        assert bob.api.get("apps").json() == []
+        voila = [p for p in psutil.process_iter(["cmdline", "uids"])
+                 if "voila" in " ".join(p.info["cmdline"] or []) and published["id"] in " ".join(p.info["cmdline"] or [])]
+        assert voila and {p.info["uids"].real for p in voila} == {pwd.getpwnam("officina-alice").pw_uid}
+        refused = httpx.get(url, headers={"Authorization": f"token {bob.token}"}, timeout=30)
+        assert refused.status_code == 403 and "published by alice to officina/users, not to any group of yours" in refused.text
+        assert httpx.get(url, timeout=30).status_code in (302, 403)  # nobody without a login
+        # Voila's own port wants its token, which only the manager's proxy has.
+        port = next(a.split("=", 1)[1] for p in voila for a in p.info["cmdline"] if a.startswith("--port="))
+        direct = httpx.get(f"http://127.0.0.1:{port}/services/resources/apps/{published['id']}/", timeout=30)
+        assert direct.status_code in (302, 403) and "Predict" not in direct.text
+        # The app's kernel holds a token of alice's, for this app only.
+        tokens = lambda: [t["note"] for t in httpx.get(f"{platform.url}hub/api/users/alice/tokens", headers=auth,
+                                                       timeout=30).json()["api_tokens"]]
+        assert f"Officina app {published['id']} (apps/digits-app.ipynb)" in tokens()
+
+        sample = next(SAMPLES.glob("7-*.png"))
+        context = chromium.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        try:
+            context.add_cookies([{"name": c.name, "value": c.value, "domain": "127.0.0.1", "path": c.path}
+                                 for c in carol.session.http.cookies.jar])
+            page.goto(url, timeout=180_000)
+            expect(page.locator("select").first).to_contain_text(f"officina_digits of alice ({digits['id']})", timeout=180_000)
+            # ipywidgets' upload button opens the browser's file chooser (its input is not in the page).
+            with page.expect_file_chooser() as chooser:
+                page.locator(".widget-upload").click()
+            chooser.value.set_files(str(sample))
+            page.get_by_role("button", name="Predict").click()
+            expect(page.get_by_text(re.compile(r"Predicted digit: 7 \(\d+%\)"))).to_be_visible(timeout=60_000)
+            expect(page.locator("img").last).to_be_visible()  # the probability chart
+            # A text file: the model's refusal, in its words.
+            with page.expect_file_chooser() as chooser:
+                page.locator(".widget-upload").click()
+            chooser.value.set_files(files=[{"name": "note.txt", "mimeType": "text/plain", "buffer": b"not a picture"}])
+            page.get_by_role("button", name="Predict").click()
+            expect(page.get_by_text(re.compile(r"The model refused it: .*not a PNG or JPEG image"))).to_be_visible(timeout=60_000)
+        except Exception:
+            page.screenshot(path=str(REPO / "test-artifacts" / "digits-app.png"), full_page=True)
+            for log in (platform.state_dir / "resources" / "app" / published["id"] / "voila.log",
+                        platform.state_dir / "logs" / "jupyterhub.log"):
+                if log.is_file():
+                    shutil.copy(log, REPO / "test-artifacts" / f"digits-app-{log.name}")
+            raise
+        finally:
+            context.close()
     finally:
-        context.close()
+        assert alice.api.delete(f"resources/{published['id']}").status_code in (200, 202)
+    wait_for(lambda: alice.api.get(f"resources/{published['id']}").json()["phase"] == "stopped", 60, "the app to stop")
+    assert not [p for p in psutil.process_iter(["cmdline"]) if published["id"] in " ".join(p.info["cmdline"] or [])]
+    assert carol.api.get("apps").json() == []
+    assert f"Officina app {published['id']} (apps/digits-app.ipynb)" not in tokens()  # revoked with it
 
 
 def test_own_package_is_served_and_reloaded_after_a_code_change(platform, people):

@@ -86,6 +86,25 @@ class FolderOption:
 
 
 @dataclass(frozen=True)
+class NotebookOption:
+    """A notebook inside the user's home, relative to it (required)."""
+
+    name: str
+    label: str
+
+    def check(self, value, groups=()) -> str:
+        if value is None or value == "":
+            raise OptionError(f"{self.name}: which notebook of your home to publish, like apps/digits-app.ipynb")
+        path = FolderOption(self.name, self.label).check(value)
+        if not path.endswith(".ipynb"):
+            raise OptionError(f"{self.name}: a notebook (.ipynb) inside your home, got {value!r}")
+        return path
+
+    def schema(self) -> dict:
+        return {"type": "string", "title": self.label, "pattern": r"\.ipynb$"}
+
+
+@dataclass(frozen=True)
 class GroupsOption:
     """Some of the user's own IAM groups (who else may use the resource)."""
 
@@ -138,6 +157,21 @@ class KindSpec:
                 ChoiceOption("model", "Model", names, names[0]),
                 FolderOption("package", "Your own model package (a folder in your home; empty: the model above)"),
                 GroupsOption("share_with", "Groups that may use it"),
+                NumberOption("worker_cores", "Cores", c["default"], 1, c["max"], True),
+                NumberOption("worker_memory", "Memory (GiB)", m["default"], 0.5, m["max"], False),
+            ),
+        )
+
+    @classmethod
+    def for_apps(cls, raw: dict) -> KindSpec:
+        """Published Voila apps: one notebook rendered for its owner and the chosen groups."""
+        c, m = raw["options"]["worker_cores"], raw["options"]["worker_memory"]
+        return cls(
+            kind="app", title="Published Voila app",
+            workers=NumberOption("workers", "Servers", 1, 1, 1, True),
+            options=(
+                NotebookOption("notebook", "Notebook of your home to publish"),
+                GroupsOption("share_with", "Groups that may open it"),
                 NumberOption("worker_cores", "Cores", c["default"], 1, c["max"], True),
                 NumberOption("worker_memory", "Memory (GiB)", m["default"], 0.5, m["max"], False),
             ),

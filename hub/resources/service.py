@@ -9,6 +9,11 @@ user, which the server and user roles carry):
     GET    api/resources/<id>
     PATCH  api/resources/<id>        {"workers": 3}
     DELETE api/resources/<id>
+    GET    api/models                model servers you may call (any token of yours)
+    GET    api/apps                  published Voila apps you may open (any token of yours)
+
+and, behind the hub's login: ui/<id>/ (a Spark UI, owner only), models/<id>/ (a model server's
+API) and apps/<id>/ (a published Voila app), for the owner and the groups they shared it with.
 
 Every refusal is a 4xx with {"error": "<what is wrong>"}; an error of ours is a 500 with a
 generic message (the details go to the log, never secrets).
@@ -65,6 +70,15 @@ class ApiHandler(HubOAuthenticated, web.RequestHandler):
             raise web.HTTPError(403, f"this token lacks the {SCOPE} scope for its user")
         return model
 
+    def caller(self) -> dict:
+        """The user a token belongs to, whatever its scopes (for read-only listings)."""
+        model = self.current_user
+        if model is None or model.get("kind") != "user":
+            if self.request.headers.get("Authorization"):
+                raise web.HTTPError(403, "this token is not a user's token accepted here")
+            raise web.HTTPError(401, "a JupyterHub token is needed (Authorization: token ...)")
+        return model
+
     def body(self) -> dict:
         try:
             data = json.loads(self.request.body or b"{}")
@@ -118,6 +132,8 @@ def public(resource: Resource, base_url: str) -> dict:
     if resource.kind == "model" and endpoints.get("api"):
         # Callers (the owner, the groups it is shared with) go through the hub's proxy.
         endpoints["api"] = url_path_join(base_url, "models", resource.id) + "/"
+    if resource.kind == "app" and endpoints.get("app"):
+        endpoints["app"] = url_path_join(base_url, "apps", resource.id) + "/"
     if state.get("workdir") and resource.kind == "spark":
         # The cluster's shared secret stays in a file only the owner's account can read.
         endpoints["conf"] = str(Path(state["workdir"]) / "conf" / "spark-defaults.conf")
@@ -171,10 +187,11 @@ class ResourceHandler(ApiHandler):
 
 class ModelsHandler(ApiHandler):
     """The model servers this user may call: their own and those shared with a group of theirs
-    (what a Voila app for basic users offers to choose from)."""
+    (what a Voila app for basic users offers to choose from). Read-only, so any token of the
+    user will do: a published app's kernel holds one that may do nothing else (app_local)."""
 
     def get(self):
-        user = self.user()
+        user = self.caller()
         groups = set(user.get("groups") or ())
         base = self.settings["public_base"]
         self.send([
@@ -182,6 +199,22 @@ class ModelsHandler(ApiHandler):
              "api": url_path_join(base, "models", r.id) + "/"}
             for r in self.engine.resources.values()
             if r.kind == "model" and r.phase == Phase.RUNNING
+            and (r.owner == user["name"] or groups & set(r.options.get("share_with") or ()))
+        ])
+
+
+class AppsHandler(ApiHandler):
+    """The published apps this user may open: their own and those published to a group of theirs."""
+
+    def get(self):
+        user = self.caller()
+        groups = set(user.get("groups") or ())
+        base = self.settings["public_base"]
+        self.send([
+            {"id": r.id, "owner": r.owner, "notebook": r.options.get("notebook"),
+             "shared_with": r.options.get("share_with", []), "url": url_path_join(base, "apps", r.id) + "/"}
+            for r in self.engine.resources.values()
+            if r.kind == "app" and r.phase == Phase.RUNNING
             and (r.owner == user["name"] or groups & set(r.options.get("share_with") or ()))
         ])
 
@@ -204,7 +237,7 @@ class SecretHandler(ApiHandler):
 
 
 def make_app(engine: Engine, prefix: str, public_base: str) -> web.Application:
-    from .ui_proxy import ModelProxy, ResourceUIProxy
+    from .ui_proxy import AppProxy, ModelProxy, ResourceUIProxy
 
     api = url_path_join(prefix, "api")
     hub_auth = HubOAuth(access_scopes=set(), cache_max_age=60)  # scopes are checked per handler
@@ -214,10 +247,12 @@ def make_app(engine: Engine, prefix: str, public_base: str) -> web.Application:
             (url_path_join(api, "kinds"), KindsHandler, {"engine": engine}),
             (url_path_join(api, "resources"), ResourcesHandler, {"engine": engine}),
             (url_path_join(api, "models"), ModelsHandler, {"engine": engine}),
+            (url_path_join(api, "apps"), AppsHandler, {"engine": engine}),
             (url_path_join(api, "resources", r"([0-9a-f]+)"), ResourceHandler, {"engine": engine}),
             (url_path_join(api, "resources", r"([0-9a-f]+)", "secret"), SecretHandler, {"engine": engine}),
             (url_path_join(prefix, "ui", r"([0-9a-f]+)") + r"(?:/(.*))?", ResourceUIProxy, {"engine": engine}),
             (url_path_join(prefix, "models", r"([0-9a-f]+)") + r"(?:/(.*))?", ModelProxy, {"engine": engine}),
+            (url_path_join(prefix, "apps", r"([0-9a-f]+)") + r"(?:/(.*))?", AppProxy, {"engine": engine}),
         ],
         hub_auth=hub_auth,
         cookie_secret=os.urandom(32),

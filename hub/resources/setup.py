@@ -13,7 +13,8 @@ from .contract import BackendError, Owner
 from .kinds import KindSpec
 from .manager import Engine, RecordStore
 
-KIND_TITLES = {"spark": "Spark cluster", "condor": "HTCondor workers", "model": "DEEPaaS model server"}
+KIND_TITLES = {"spark": "Spark cluster", "condor": "HTCondor workers", "model": "DEEPaaS model server",
+               "app": "Published Voila app"}
 
 
 def engine_from_settings(raw_settings: dict) -> Engine:
@@ -64,6 +65,17 @@ def local_backends(settings: Settings, state: StateDir, root: Path, kinds: dict,
     models.chmod(0o711)
     kinds["model"] = KindSpec.for_models(settings["resources"]["model"])
     backends["model"] = LocalModelBackend(models, settings["resources"]["model"]["env"])
+    from .app_local import HubTokens, LocalAppBackend
+
+    apps = root / "app"
+    apps.mkdir(exist_ok=True)
+    apps.chmod(0o711)
+    kinds["app"] = KindSpec.for_apps(settings["resources"]["app"])
+    base_url = settings["hub"]["base_url"]
+    backends["app"] = LocalAppBackend(
+        apps, public_prefix=f"{base_url}services/resources/apps/", tokens=HubTokens(),
+        resources_url=f"http://127.0.0.1:{settings['resources']['port']}{base_url}services/resources/",
+        token_lifetime=settings["resources"]["app"]["token_lifetime"])
     condor = settings["condor"]
     if condor["enabled"] is not False and host_can_run_condor(Path(condor["root"]))[0]:
         from .condor_local import LocalCondorBackend, pool_for

@@ -54,3 +54,29 @@ class ModelProxy(ResourceUIProxy):
         self.engine.touch(resource)
         self.location_prefix = self.request.uri.split(f"/models/{resource_id}", 1)[0] + f"/models/{resource_id}"
         return resource.endpoints["api"]
+
+
+class AppProxy(ResourceUIProxy):
+    """A published Voila app (pages, static files, its kernel's websocket) through the hub's
+    proxy, for its owner and the members of the groups it is published to.
+
+    Voila serves under the app's full public path, so requests pass through unchanged; the
+    proxy adds Voila's own token, which only it knows (see app_local)."""
+
+    def _target(self, resource_id: str) -> str:
+        user = self.current_user
+        resource = self.engine.resources.get(resource_id)
+        if resource is None or resource.kind != "app" or resource.phase != Phase.RUNNING:
+            raise web.HTTPError(404, f"There is no published app {resource_id}.")
+        shared = set(resource.options.get("share_with") or ()) & set(user.get("groups") or ())
+        if resource.owner != user["name"] and not shared:
+            raise web.HTTPError(403, f"App {resource_id} is published by {resource.owner} to "
+                                     f"{', '.join(resource.options.get('share_with') or ()) or 'nobody else'}, "
+                                     "not to any group of yours.")
+        self.engine.touch(resource)
+        self.location_prefix = ""
+        self._upstream_auth = self.engine.backends["app"].upstream_headers(resource)
+        return f"http://127.0.0.1:{resource.state['port']}"
+
+    def _upstream_headers(self) -> dict:
+        return getattr(self, "_upstream_auth", {})
