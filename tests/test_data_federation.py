@@ -46,6 +46,14 @@ DATA_CLIENTS = {
         "scopes": ["openid", "profile", "offline_access", "wlcg", "wlcg.groups", "storage.read:/store"],
         "token_profile": "wlcg",
     },
+    # IAM's default profile (`groups`, no `nbf`, no `aud`), as the hub's client has unless the
+    # platform is set to the wlcg profile.
+    "data-iam-profile": {
+        "client_secret": "data-iam-secret-Jw31",
+        "redirect_uris": [standin_helpers.HUB_CALLBACK],
+        "scopes": ["openid", "profile", "storage.read:/store"],
+        "token_profile": "iam",
+    },
     "data-short": {
         "client_secret": "data-short-secret-Qe55",
         "redirect_uris": [standin_helpers.HUB_CALLBACK],
@@ -139,7 +147,7 @@ def test_token_rules(federation, iam, tmp_path):
     assert read(federation, DATA_FILE, alice, tmp_path / "alice-data")[:4] == b"root"
     with pytest.raises(DataReadError, match="permission denied"):
         read(federation, MC_FILE, alice, tmp_path / "alice-mc")
-    with pytest.raises(DataReadError, match="no valid token"):
+    with pytest.raises(DataReadError, match="no valid token: none was given"):
         read(federation, DATA_FILE, None, tmp_path / "anonymous")
     # A capability scope grants what it names, whatever the groups, and nothing beyond it.
     scoped = token_file(tmp_path, iam, "alice", scope="openid storage.read:/store/mc/zmumu")
@@ -153,8 +161,17 @@ def test_expired_token_is_denied(federation, iam, tmp_path):
     expiry = iam.verify(short.read_text())["exp"]
     while time.time() <= expiry + 1:
         time.sleep(0.5)
-    with pytest.raises(DataReadError, match="no valid token"):
+    with pytest.raises(DataReadError, match="no valid token: the token in .* expired"):
         read(federation, MC_FILE, short, tmp_path / "expired")
+
+
+def test_an_iam_profile_token_is_refused_and_the_cache_log_says_why(federation, iam, tmp_path):
+    # scitokens-cpp takes WLCG (or SciTokens) profile tokens only: sessions need the wlcg
+    # profile (iam.standin.token_profile: wlcg, or a wlcg client at a real IAM) to read data.
+    token = token_file(tmp_path, iam, "alice", client="data-iam-profile", scope="openid storage.read:/store/data")
+    with pytest.raises(DataReadError, match="no valid token"):
+        read(federation, DATA_FILE, token, tmp_path / "iam-profile")
+    assert "'nbf' claim is mandatory" in federation.log_of("xcache").read_text(errors="replace")
 
 
 def test_a_tampered_token_is_denied(federation, iam, tmp_path):

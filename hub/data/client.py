@@ -8,8 +8,11 @@ which the token protocol requires).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 XRDCP = "/usr/bin/xrdcp"
@@ -35,9 +38,25 @@ def reader_environment(token_file: str | os.PathLike | None, ca_dir: str | os.Pa
     return env
 
 
-def _explain(path: str, detail: str) -> str:
+def _token_problem(token_file) -> str:
+    """Why a token was likely refused, read from the token's own claims (never printed)."""
+    if token_file is None:
+        return "no valid token: none was given (set BEARER_TOKEN_FILE to the session's token file)"
+    try:
+        payload = Path(token_file).read_text().strip().split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (OSError, IndexError, ValueError):
+        return f"no valid token: {token_file} does not hold a JWT access token"
+    exp = claims.get("exp")
+    if isinstance(exp, (int, float)) and exp <= time.time():
+        return f"no valid token: the token in {token_file} expired {int(time.time() - exp)} s ago"
+    return ("no valid token: the token was refused (wrong issuer or signature, or not a WLCG-profile "
+            "token; the cache's log says which)")
+
+
+def _explain(path: str, detail: str, token_file=None) -> str:
     if "No protocols left to try" in detail or "Auth failed" in detail:
-        why = "no valid token was presented (is BEARER_TOKEN_FILE set and the token unexpired?)"
+        why = _token_problem(token_file)
     elif "permission denied" in detail.lower() or "3010" in detail:
         why = "permission denied: the token's groups and scopes do not allow reading this path"
     elif "no such file" in detail.lower() or "3011" in detail:
@@ -61,5 +80,5 @@ def read_file(url: str, destination: str | os.PathLike, token_file: str | os.Pat
     )
     if result.returncode != 0:
         path = "/" + url.split("//", 2)[-1].lstrip("/") if "//" in url else url
-        raise DataReadError(_explain(path, result.stderr or result.stdout))
+        raise DataReadError(_explain(path, result.stderr or result.stdout, token_file))
     return destination
