@@ -18,6 +18,7 @@ directly are authorized there by the same rules with their own token.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .sites import LOOPBACK, DataSite, Federation
@@ -61,8 +62,6 @@ def scitokens_config(federation: Federation, audiences: list[str]) -> str:
     """The token plugin's configuration: one issuer, scopes relative to `/`, restricted to
     the federation's exports; without a usable token, fall through to the authdb."""
     restricted = ",".join(federation.exported_paths)
-    import json
-
     return "\n".join([
         "[Global]",
         f"audience_json = {json.dumps(audiences)}",
@@ -73,7 +72,6 @@ def scitokens_config(federation: Federation, audiences: list[str]) -> str:
         "base_path = /",
         f"restricted_path = {restricted}",
         "map_subject = false",
-        "default_user = xrootd",
         "",
     ])
 
@@ -105,7 +103,7 @@ def origin_config(federation: Federation, site: DataSite, *, root: Path, admin: 
         f"xrd.port {site.port} if exec xrootd",
         # The sites' cmsd only connects out to the redirector's.
         "xrd.port any if exec cmsd",
-        f"xrd.network nodnr",
+        "xrd.network nodnr",
         *_tls(tls_dir),
         *_token_authorization(scitokens_cfg, authdb, sss_keytab),
         # Record each open (who, which file): the tests and operators read hits at the

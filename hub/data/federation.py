@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
@@ -136,7 +135,7 @@ class XRootDFederation:
         self._make_sss_key()
         embedded = [s for s in self.federation.sites if s.embedded]
         place_sample_data({s.name: (self.site_root(s), s.paths) for s in embedded})
-        jwks = fetch_jwks(self.federation.issuer)
+        jwks = fetch_jwks(self.federation.issuer) if self.seeds_keys else None
         audiences = ["https://wlcg.cern.ch/jwt/v1/any", self.federation.cache_url,
                      f"roots://{LOOPBACK}:{self.federation.cache.port}"]
         scitokens_cfg = self.root / "scitokens.cfg"
@@ -148,7 +147,8 @@ class XRootDFederation:
             os.chmod(d, 0o755)
             admin = self._own(d / "admin", 0o700)
             home = self._own(d / "home", 0o700)
-            seed_key_cache(home, self.federation.issuer, jwks, uid, gid)
+            if jwks:
+                seed_key_cache(home, self.federation.issuer, jwks, uid, gid)
             authdb = d / "authdb"
             authdb.write_text(cfg.group_authdb(
                 (site,), [f"u {cfg.CACHE_IDENTITY} {p} {cfg.READ_PRIVILEGES}" for p in site.paths]))
@@ -167,7 +167,8 @@ class XRootDFederation:
         os.chmod(cache, 0o755)
         cache_admin = self._own(cache / "admin", 0o700)
         cache_home = self._own(cache / "home", 0o700)
-        seed_key_cache(cache_home, self.federation.issuer, jwks, uid, gid)
+        if jwks:
+            seed_key_cache(cache_home, self.federation.issuer, jwks, uid, gid)
         self._own(self.cache_dir, 0o755)
         authdb = cache / "authdb"
         authdb.write_text(cfg.group_authdb(self.federation.sites))
@@ -296,7 +297,14 @@ class XRootDFederation:
     def pids(self) -> dict[str, int]:
         return {n: d.proc.pid for n, d in self.daemons.items() if d.running}
 
+    @property
+    def seeds_keys(self) -> bool:
+        """An http issuer (the stand-in) gets its keys seeded; scitokens fetches an https one's."""
+        return self.federation.issuer.startswith("http://")
+
     def reseed_keys(self) -> None:
+        if not self.seeds_keys:
+            return
         jwks = fetch_jwks(self.federation.issuer)
         homes = [self.site_dir(s) / "home" for s in self.federation.sites if s.embedded]
         homes.append(self.root / "cache-daemon" / "home")
