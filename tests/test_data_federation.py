@@ -98,9 +98,12 @@ def federation(platform_roots, iam):
     fed = XRootDFederation(federation_from_settings(load_settings(config)))
     fed.start()
     yield fed
-    pids = list(fed.pids().values())
     fed.stop()
-    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    # Every daemon this federation ever ran (sites restarted by a test too) names its
+    # configuration under `root` in its arguments: none may be left.
+    left = [p.info for p in psutil.process_iter(["pid", "cmdline"])
+            if any(str(root) in arg for arg in (p.info["cmdline"] or []))]
+    assert not left, left
 
 
 def token_file(folder: Path, iam, user: str, client: str = "data", scope: str = "openid wlcg.groups") -> Path:
@@ -212,3 +215,9 @@ def test_secrets_stay_out_of_arguments_and_are_owner_only(federation):
         assert "eyJ" not in cmdline and "keytab" not in cmdline
     for secret in (federation.sss_keytab, federation.root / "tls" / "server.key", federation.root / "tls" / "ca.key"):
         assert secret.stat().st_mode & 0o077 == 0, secret
+
+
+def test_preparing_again_keeps_track_of_the_running_daemons(federation):
+    before = federation.pids()
+    federation.prepare()
+    assert federation.pids() == before and len(before) == 7

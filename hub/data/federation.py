@@ -174,7 +174,6 @@ class XRootDFederation:
         authdb.write_text(cfg.group_authdb(self.federation.sites))
         (cache / "xrootd.cfg").write_text(cfg.cache_config(self.federation, admin=cache_admin, tls_dir=tls,
                                                            scitokens_cfg=scitokens_cfg, authdb=authdb))
-        self._declare_daemons(embedded)
 
     @property
     def sss_keytab(self) -> Path:
@@ -232,6 +231,10 @@ class XRootDFederation:
     def start(self, timeout: float = 60) -> dict:
         started = time.monotonic()
         self.prepare()
+        if not self.daemons:
+            # Declared once: a second prepare() (a restart of the files) must not forget the
+            # processes already running, which stop() ends by their Popen handles.
+            self._declare_daemons([s for s in self.federation.sites if s.embedded])
         prepared = time.monotonic() - started
         try:
             for name in self.daemons:
