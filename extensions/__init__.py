@@ -10,6 +10,7 @@ A Jupyter server extension that every session loads (its REST API lives under
 
 from __future__ import annotations
 
+from . import data
 from .apps import publish, published_apps, unpublish
 from .clusters import connect_dask, dask, dask_clusters, stop_dask
 from .condor import condor_dask, condor_worker_sets, condor_workers, schedd, stop_condor_workers, submit

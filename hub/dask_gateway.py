@@ -231,9 +231,14 @@ def configure(c, raw_settings: dict) -> None:
     state = StateDir(settings.state_dir)
     hub, dask = settings["hub"], settings["dask"]
     venv_bin = Path(sys.executable).parent
+    from .data.service import federation_runs, session_environment
+
+    kubernetes = settings["sessions"]["spawner"] == "kubernetes"
     options = ClusterOptionsFactory(
         options=dask["options"], limits=dask["limits"], profiles=settings["profiles"],
-        kubernetes=settings["sessions"]["spawner"] == "kubernetes", platform_bin=venv_bin,
+        kubernetes=kubernetes, platform_bin=venv_bin,
+        # Workers read the federation as the sessions do (with the user's BEARER_TOKEN_FILE).
+        environment=session_environment(settings) if not kubernetes and federation_runs(settings) else {},
     )
     if settings["sessions"]["spawner"] == "kubernetes":
         # The gateway's Kubernetes backend, from the same settings and the same options.
@@ -260,7 +265,7 @@ def configure(c, raw_settings: dict) -> None:
     c.OfficinaLocalBackend.dask_limits = dask["limits"]
     c.Backend.cluster_options = options
     c.OfficinaLocalBackend.inherited_environment = ["LANG", "LC_ALL"]
-    c.ClusterConfig.environment = {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"}
+    c.ClusterConfig.environment = {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin", **options.environment}
 
     c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
     c.JupyterHubAuthenticator.jupyterhub_api_url = f"http://127.0.0.1:{hub['internal_port']}{hub['base_url']}hub/api"

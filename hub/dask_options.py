@@ -10,7 +10,7 @@ and the limit). Totals across a user's clusters are checked by the backend
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dask_gateway_server.options import Float, Integer, Options, Select
@@ -104,6 +104,8 @@ class ClusterOptionsFactory:
     profiles: list[dict]    # the profile catalogue
     kubernetes: bool
     platform_bin: Path      # the platform's environment (profiles with no environment of their own)
+    # What every worker needs beside its profile's (the data federation's addresses and CA).
+    environment: dict = field(default_factory=dict)
 
     def __call__(self, user) -> Options:
         groups = sorted(user.groups)
@@ -172,7 +174,7 @@ class ClusterOptionsFactory:
             bin_dir = Path(profile.environment) / "bin" if profile.environment else self.platform_bin
             config["scheduler_cmd"] = [str(bin_dir / "dask"), "scheduler"]
             config["worker_cmd"] = [str(bin_dir / "dask"), "worker"]
-            config["environment"] = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", **profile.env}
+            config["environment"] = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", **self.environment, **profile.env}
         return config
 
 

@@ -112,6 +112,19 @@ def configure(c, raw_settings: dict) -> None:
             "display": False,
         })
         user_scopes += [f"{RESOURCES_SCOPE}!user", "access:services!service=resources"]
+    from .data.service import SERVICE as DATA_SERVICE, federation_runs, session_environment
+
+    data_env = session_environment(settings) if federation_runs(settings) else {}
+    if data_env:
+        # Sites a user may read, cache statistics, dataset mounts (see data.service).
+        services.append({
+            "name": DATA_SERVICE,
+            "url": f"http://127.0.0.1:{settings['data']['service_port']}",
+            "command": [sys.executable, "-m", "officina.hub.data.service"],
+            "environment": {"OFFICINA_SETTINGS": str(state.settings_file)},
+            "display": False,
+        })
+        user_scopes.append(f"access:services!service={DATA_SERVICE}")
     roles = [
         {"name": "server", "scopes": ["users:activity!user", "access:servers!server", "read:users:groups!user", *user_scopes]},
         {"name": "user", "scopes": ["self", *user_scopes]},
@@ -178,6 +191,7 @@ def configure(c, raw_settings: dict) -> None:
             # Dashboard links point at the hub's proxy, behind the login.
             "DASK_GATEWAY__PUBLIC_ADDRESS": f"{settings.public_url}services/{DASHBOARDS_SERVICE}",
         })
+    session_env.update(data_env)
     c.LocalSessionSpawner.environment = session_env
 
     c.JupyterHub.log_level = "INFO"

@@ -179,6 +179,11 @@ def _check_consistency(doc: dict, source: str) -> None:
     problem = check_catalogue(doc["profiles"]) or check_dask_settings(doc["dask"]) or check_data_settings(doc["data"])
     if problem:
         raise SettingsError(f"{source}: {problem}")
+    if doc["data"]["enabled"] is True and doc["iam"]["groups_claim"] != "wlcg.groups":
+        # The sites (SciTokens) read only WLCG-profile tokens: their nbf and wlcg.groups.
+        raise SettingsError(f"{source}: data.enabled: the data sites accept WLCG-profile tokens only, but "
+                            f"iam.groups_claim is {doc['iam']['groups_claim']!r}: use wlcg.groups (and a wlcg "
+                            "client at the IAM: iam.standin.token_profile: wlcg), or data.enabled: false")
     state = Path(doc["state_dir"])
     existing = next((p for p in [state, *state.parents] if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):

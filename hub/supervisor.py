@@ -255,6 +255,8 @@ class Supervisor:
             from .data.federation import host_can_run_federation
 
             can, why = host_can_run_federation()
+            if can and s["iam"]["groups_claim"] != "wlcg.groups":
+                can, why = False, "the hub's tokens are not WLCG-profile ones (iam.groups_claim is not wlcg.groups)"
             if can:
                 # After the IAM stand-in: the federation reads the issuer's keys at start.
                 components.append(

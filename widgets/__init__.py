@@ -5,8 +5,9 @@ declaration the server validates against.
 """
 
 from .clusters import Clusters, CondorJobs, CondorWorkers, SparkClusters
+from .data import DataBrowser
 from .dask_clusters import DaskClusters
 from .models import PredictPanel, TrainPanel
 from .session_status import SessionStatus
 
-__all__ = ["Clusters", "CondorJobs", "CondorWorkers", "DaskClusters", "PredictPanel", "SessionStatus", "SparkClusters", "TrainPanel"]
+__all__ = ["Clusters", "CondorJobs", "CondorWorkers", "DaskClusters", "DataBrowser", "PredictPanel", "SessionStatus", "SparkClusters", "TrainPanel"]

@@ -53,6 +53,30 @@ FUSERMOUNT = "/usr/bin/fusermount"
 SERVICE = "data"
 
 
+def federation_runs(settings: Settings) -> bool:
+    """Whether the platform runs the federation (the supervisor's own test)."""
+    from .federation import host_can_run_federation
+
+    enabled = settings["data"]["enabled"]
+    if enabled == "auto" and settings["iam"]["groups_claim"] != "wlcg.groups":
+        return False  # users' tokens would not be WLCG ones (see settings' consistency check)
+    return enabled is True or (enabled == "auto" and host_can_run_federation()[0])
+
+
+def session_environment(settings: Settings) -> dict[str, str]:
+    """What sessions and Dask workers need to read the federation: the cache and redirector
+    addresses, the data service, and the federation's CA (the daemons speak TLS, which the
+    token protocol requires). The token itself is BEARER_TOKEN_FILE, set apart."""
+    federation = federation_from_settings(settings)
+    return {
+        "OFFICINA_DATA_CACHE": federation.cache_url,
+        "OFFICINA_DATA_REDIRECTOR": federation.redirector_url if not federation.redirector_address
+        else f"root://{federation.redirector_address}",
+        "OFFICINA_DATA_URL": f"http://127.0.0.1:{settings['data']['service_port']}{settings['hub']['base_url']}services/{SERVICE}/",
+        "X509_CERT_DIR": str(federation.state_dir / "tls" / "certificates"),
+    }
+
+
 def readable_prefixes(federation: Federation, groups) -> list[tuple[str, str]]:
     """(site, path prefix) pairs the groups may read, from the sites' declared rules."""
     groups = set(groups)
@@ -113,6 +137,9 @@ class Mounts:
         return [public_mount(r) for r in self.records.values() if r["user"] == user]
 
     def mount(self, user: str, groups, path: str) -> dict:
+        if not os.path.exists("/dev/fuse") or not os.access(XROOTDFS, os.X_OK):
+            raise web.HTTPError(503, "this machine cannot mount datasets (no /dev/fuse or no xrootdfs): "
+                                     "read them with their root:// URLs (officina.lab.data.url) instead")
         if not may_read(self.federation, groups, path):
             site = self.federation.site_of(path)
             if site is None:

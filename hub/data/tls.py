@@ -85,8 +85,12 @@ def ensure_tls(folder: Path, owner_uid: int, owner_gid: int) -> Path:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=825))
+            # XRootD clients that locate a file first (xrootdfs) connect to the address the
+            # server answers with, an IPv4-mapped IPv6 one, and check that literal name.
             .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(ipaddress.ip_address("::ffff:127.0.0.1")), x509.DNSName("[::ffff:127.0.0.1]")]),
+                critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
                                                   x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
