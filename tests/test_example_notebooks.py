@@ -36,7 +36,8 @@ def platform(platform_roots):
     made = subprocess.run(["bash", str(REPO / "scripts" / "condor-root.sh"), str(CONDOR_ROOT)],
                           capture_output=True, text=True, timeout=900)
     assert made.returncode == 0, made.stderr[-2000:]
-    p = start_platform(platform_roots("notebooks"), condor={"enabled": True, "root": str(CONDOR_ROOT)})
+    p = start_platform(platform_roots("notebooks"), condor={"enabled": True, "root": str(CONDOR_ROOT)},
+                       data={"enabled": True})
     yield p
     try:
         p.down()
@@ -128,8 +129,25 @@ def check_digits_app(platform, notebook: dict) -> None:
     assert widgets, "the app shows no widget"
 
 
+def check_federated_data(platform, notebook: dict) -> None:
+    text = printed(notebook)
+    assert "site-a: exports /store/data; you may read /store/data" in text, text
+    assert "/store/data/open/dimuon-2026 (site-a): 3 files" in text, text
+    assert "['events-000.root', 'events-001.root', 'summary.parquet']" in text, text
+    assert "400000 events from the mount" in text, text
+    peak = re.search(r"Z peak: mean ([0-9.]+) GeV", text)
+    assert peak and abs(float(peak.group(1)) - 91.19) < 0.5, text
+    assert "same events by URL and by mount: True" in text, text
+    held = re.search(r"cache holds ([0-9.]+) of ([0-9.]+) MB", text)
+    assert held and held.group(1) == held.group(2), text
+    assert "unmounted: True" in text, text
+    images = [out for out in outputs(notebook) if "image/png" in out.get("data", {})]
+    assert len(images) >= 2, "the histogram and the cache chart"
+
+
 # What each tutorial shows its reader, beyond running without errors.
 EXPECTED = {
+    "federated-data.ipynb": check_federated_data,
     "deepaas-train-and-serve.ipynb": check_deepaas_train_and_serve,
     "digits-app.ipynb": check_digits_app,
     "htcondor-dimuon-analysis.ipynb": check_htcondor_dimuon_analysis,
