@@ -34,10 +34,10 @@ from pathlib import Path
 
 import psutil
 
-from ..accounts import _first_closed_folder, make_session_preexec
+from ..accounts import make_session_preexec
 from ..spawner import lab_data_dir
 from .contract import BackendError, Owner, Resource
-from .spark_local import LOOPBACK, _process, _reap, free_port, log_tail, owner_account, terminate
+from .spark_local import LOOPBACK, _process, _reap, free_port, log_tail, owner_account, resource_workdir, terminate
 
 STATE_VERSION = 1
 APP_TOKEN_SCOPES = ["access:services!service=resources"]
@@ -170,22 +170,7 @@ class LocalAppBackend:
     # -- processes ------------------------------------------------------------------------
 
     def _make_workdir(self, resource: Resource, account) -> Path:
-        if "/" in resource.id or resource.id in ("", ".", ".."):
-            raise BackendError(f"invalid resource id {resource.id!r}")
-        self.work_root.mkdir(parents=True, exist_ok=True)
-        self.work_root.chmod(0o711)
-        if account is not None:
-            closed = _first_closed_folder(self.work_root / resource.id)
-            if closed is not None:
-                raise BackendError(f"the apps' folder {self.work_root} cannot be reached by {account.pw_name}: "
-                                   f"{closed} is not traversable by other users")
-        workdir = self.work_root / resource.id
-        if workdir.exists():
-            shutil.rmtree(workdir)
-        workdir.mkdir(mode=0o700)
-        if account is not None:
-            os.chown(workdir, account.pw_uid, account.pw_gid, follow_symlinks=False)
-        return workdir
+        return resource_workdir(self.work_root, resource.id, account, "the apps' folder")
 
     def _launch(self, resource: Resource, owner: Owner, account, hub_token: str) -> None:
         state = resource.state

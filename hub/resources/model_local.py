@@ -30,9 +30,9 @@ from pathlib import Path
 
 import psutil
 
-from ..accounts import _first_closed_folder, make_session_preexec
+from ..accounts import make_session_preexec
 from .contract import BackendError, Owner, Resource
-from .spark_local import LOOPBACK, _process, _reap, free_port, log_tail, owner_account, terminate
+from .spark_local import LOOPBACK, _process, _reap, free_port, log_tail, owner_account, resource_workdir, terminate
 
 STATE_VERSION = 1
 
@@ -127,20 +127,8 @@ class LocalModelBackend:
         return owner_account(owner, "model server")
 
     def _make_workdir(self, resource: Resource, owner: Owner, account) -> Path:
-        if "/" in resource.id or resource.id in ("", ".", ".."):
-            raise BackendError(f"invalid resource id {resource.id!r}")
-        self.work_root.mkdir(parents=True, exist_ok=True)
-        self.work_root.chmod(0o711)
-        if account is not None:
-            closed = _first_closed_folder(self.work_root / resource.id)
-            if closed is not None:
-                raise BackendError(f"the model servers' folder {self.work_root} cannot be reached by {account.pw_name}: "
-                                   f"{closed} is not traversable by other users")
-        workdir = self.work_root / resource.id
-        if workdir.exists():
-            shutil.rmtree(workdir)
-        workdir.mkdir(mode=0o700)
-        made = [workdir]
+        workdir = resource_workdir(self.work_root, resource.id, account, "the model servers' folder")
+        made = []
         package = resource.state["package"]
         if package:
             if not (Path(package) / "__init__.py").is_file():

@@ -124,6 +124,28 @@ def _reap(pid: int) -> None:
         pass
 
 
+def resource_workdir(work_root: Path, resource_id: str, account: pwd.struct_passwd | None, what: str) -> Path:
+    """A resource's own folder under `work_root` (root's, 0711), made fresh, 0700, and its
+    owner's; refused when the owner's account could not reach it."""
+    if "/" in resource_id or resource_id in ("", ".", ".."):
+        raise BackendError(f"invalid resource id {resource_id!r}")
+    work_root.mkdir(parents=True, exist_ok=True)
+    work_root.chmod(0o711)
+    if account is not None:
+        closed = _first_closed_folder(work_root / resource_id)
+        if closed is not None:
+            raise BackendError(
+                f"{what} {work_root} cannot be reached by {account.pw_name}: {closed} "
+                f"is not traversable by other users (mode {oct(closed.stat().st_mode & 0o777)})")
+    workdir = work_root / resource_id
+    if workdir.exists():  # left by a start that died with the manager
+        shutil.rmtree(workdir)
+    workdir.mkdir(mode=0o700)
+    if account is not None:
+        os.chown(workdir, account.pw_uid, account.pw_gid, follow_symlinks=False)
+    return workdir
+
+
 def owner_account(owner: Owner, what: str) -> pwd.struct_passwd | None:
     """The account a local backend switches to for `owner`'s `what`, or None to stay in the
     platform's own (no system accounts, or already that account)."""
@@ -310,21 +332,7 @@ class LocalSparkBackend:
         return owner_account(owner, "Spark cluster")
 
     def _make_workdir(self, resource: Resource, account: pwd.struct_passwd | None) -> Path:
-        if "/" in resource.id or resource.id in ("", ".", ".."):
-            raise BackendError(f"invalid resource id {resource.id!r}")
-        self.work_root.mkdir(parents=True, exist_ok=True)
-        self.work_root.chmod(0o711)  # root's; each resource's folder is its owner's and 0700
-        if account is not None:
-            closed = _first_closed_folder(self.work_root / resource.id)
-            if closed is not None:
-                raise BackendError(
-                    f"Spark's work folder {self.work_root} cannot be reached by {account.pw_name}: {closed} "
-                    f"is not traversable by other users (mode {oct(closed.stat().st_mode & 0o777)})"
-                )
-        workdir = self.work_root / resource.id
-        if workdir.exists():  # left by a start that died with the manager
-            shutil.rmtree(workdir)
-        workdir.mkdir(mode=0o700)
+        workdir = resource_workdir(self.work_root, resource.id, account, "Spark's work folder")
         for sub in SUBFOLDERS:
             (workdir / sub).mkdir(mode=0o700)
         properties = dict(DAEMON_PROPERTIES, **{"spark.authenticate.secret": resource.state["secret"]})
