@@ -93,8 +93,8 @@ def test_the_api_needs_a_token_with_the_scope(platform, alice):
 
 
 @pytest.mark.parametrize("body, reason", [
-    ({"kind": "yarn"}, "kind: unknown kind 'yarn' (known: model, spark)"),
-    ({}, "kind: one of model, spark is needed"),
+    ({"kind": "yarn"}, "kind: unknown kind 'yarn' (known: app, model, spark)"),
+    ({}, "kind: one of app, model, spark is needed"),
     ({"kind": "spark", "workers": 9}, "workers: at most 4, got 9"),
     ({"kind": "spark", "workers": "two"}, "workers: a whole number is needed, got 'two'"),
     ({"kind": "spark", "worker_memory": 0.1}, "worker_memory: at least 0.5, got 0.1"),
