@@ -179,3 +179,25 @@ data.unmount("/store/mc/zmumu")
     assert out["after"][0].endswith("100% cached"), out["after"]
     assert "display_data" in out["plot"], out["plot"]  # the cache chart
     assert out["mount"][0].endswith("/homes/bob/data/zmumu") and "Mounted" in out["mount"][1], out
+
+
+def test_a_machine_without_fuse_says_so_and_points_to_urls(tmp_path, monkeypatch):
+    """Where xrootdfs cannot run (no /dev/fuse, as in most containers, or no xrootdfs), a
+    mount is refused with the reason and what to use instead; nothing is made."""
+    from tornado import web
+
+    from officina.hub.data import service
+    from officina.hub.data.sites import Federation
+    from officina.hub.state import StateDir
+
+    monkeypatch.setattr(service, "XROOTDFS", str(tmp_path / "no-xrootdfs"))
+    federation = Federation(enabled=True, sites=(), cache=None, redirector_port=1, redirector_cmsd_port=2,
+                            redirector_address=None, state_dir=tmp_path / "data", issuer="http://127.0.0.1:1/")
+    (tmp_path / "data").mkdir()
+    mounts = service.Mounts(federation, StateDir(tmp_path / "state"), system_accounts=False)
+    with pytest.raises(web.HTTPError) as refused:
+        mounts.mount("alice", ["officina"], DATASET)
+    assert refused.value.status_code == 503
+    assert "cannot mount datasets (no /dev/fuse or no xrootdfs)" in refused.value.log_message
+    assert "officina.lab.data.url" in refused.value.log_message
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("data"))
