@@ -1257,8 +1257,9 @@ def test_the_resource_manager_uses_these_backends_when_sessions_run_on_kubernete
     config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "sessions": {"spawner": "kubernetes"}}))
     engine = engine_from_settings(load_settings(config).raw)
     assert {kind: type(backend).__name__ for kind, backend in engine.backends.items()} == {
-        "spark": "KubernetesSparkBackend", "condor": "KubernetesCondorBackend", "model": "KubernetesModelBackend"}
-    assert sorted(engine.kinds) == ["condor", "model", "spark"]
+        "spark": "KubernetesSparkBackend", "condor": "KubernetesCondorBackend", "model": "KubernetesModelBackend",
+        "app": "KubernetesAppBackend"}
+    assert sorted(engine.kinds) == ["app", "condor", "model", "spark"]
     assert engine.backends["model"].image == rk.MODEL_SERVER_IMAGE
     assert engine.kinds["model"].validate({})[0]["model"] == "officina_digits"
     resource = Resource(id="0123456789ab", kind="spark", owner="alice",
@@ -1286,3 +1287,94 @@ def test_the_resource_manager_uses_these_backends_when_sessions_run_on_kubernete
     record = asyncio.run(ask_model())
     assert record.kind == "model" and record.phase.value == "failed", record
     assert "no Kubernetes API to talk to" in record.message, record
+
+
+# --- published Voila apps ------------------------------------------------------------------
+
+APP_TOKENS = ("v0ila-upstream-" + "u" * 20, "hub-app-token-" + "h" * 20)
+
+
+def app_resource(notebook: str = "apps/digits-app.ipynb", name: str = "alice", rid: str = "abc123def456") -> Resource:
+    return Resource(id=rid, kind="app", owner=name, workers=1,
+                    options={"notebook": notebook, "share_with": ["officina/users"], "worker_cores": 1, "worker_memory": 1.0})
+
+
+def app(user: str = "alice", notebook: str = "apps/digits-app.ipynb") -> list[dict]:
+    return rk.render_app(app_resource(notebook, user), owner(user), namespace=NAMESPACE, image=IMAGE,
+                         base_url="/hub-base/services/resources/apps/abc123def456/",
+                         resources_url="https://hub.example.org/hub-base/services/resources/",
+                         upstream_token=APP_TOKENS[0], hub_token=APP_TOKENS[1])
+
+
+def test_app_objects_validate_and_keep_tokens_in_the_secret():
+    manifests = app()
+    assert [m["kind"] for m in manifests] == ["Secret", "NetworkPolicy", "Service", "Deployment"]
+    for manifest in manifests:
+        validate(manifest)
+    deployment = one(manifests, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == IMAGE and container["workingDir"] == "/home/jovyan/apps"
+    assert container["command"][:5] == ["tini", "-g", "--", "voila", "digits-app.ipynb"]
+    assert "--Voila.base_url=/hub-base/services/resources/apps/abc123def456/" in container["command"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/hub-base/services/resources/apps/abc123def456/voila/static/voila.js"
+    env = env_of(container)
+    assert env["OFFICINA_RESOURCES_URL"]["value"] == "https://hub.example.org/hub-base/services/resources/"
+    assert env["JUPYTER_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "app-abc123def456-tokens", "key": "voila-token"}
+    assert env["JUPYTERHUB_API_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "hub-token"
+    # The tokens are in the Secret's data only, never in the pod's spec.
+    everything_else = json.dumps([m for m in manifests if m["kind"] != "Secret"])
+    assert not any(token in everything_else for token in APP_TOKENS)
+    secret = one(manifests, "Secret")
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == dict(zip(rk.APP_TOKEN_KEYS, APP_TOKENS))
+    assert container["securityContext"]["runAsNonRoot"] is True
+
+
+def test_app_network_policy_admits_the_hub_only(platform):
+    manifests = app()
+    policies = of_kind(manifests, "NetworkPolicy")
+    server = one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    session = render_pod_manifest(platform, "alice", ["officina"], None)["metadata"]["labels"]
+    assert admits(policies, server, {"app": "jupyterhub", "component": "hub", "release": "officina"}, 8866)
+    assert not admits(policies, server, session, 8866)  # not even the owner's session: the proxy checks
+    assert not admits(policies, server, {"app": "jupyterhub", "component": "proxy"}, 8866)
+
+
+@pytest.mark.parametrize("notebook", ["../x.ipynb", "apps/notes.txt", "/etc/x.ipynb", "a//b.ipynb", None])
+def test_app_options_are_checked_again(notebook):
+    with pytest.raises(BackendError, match="notebook: a notebook"):
+        rk.render_app(app_resource(notebook), owner(), namespace=NAMESPACE, image=IMAGE, base_url="/x/",
+                      resources_url="http://h/", upstream_token="u", hub_token="h")
+
+
+class RecordedTokens:
+    """The hub's token API as the backend sees it (minted and revoked), recorded."""
+
+    def __init__(self):
+        self.live: dict[str, tuple[str, list]] = {}
+
+    def mint(self, user, scopes, expires_in, note):
+        token_id = f"a{len(self.live) + 1}"
+        self.live[token_id] = (user, scopes)
+        return token_id, APP_TOKENS[1]
+
+    def revoke(self, user, token_id):
+        assert self.live.pop(token_id)[0] == user
+
+
+def test_app_backend_start_stop_mints_and_revokes_its_token():
+    api = InMemoryApiServer(auto_settle=True)
+    tokens = RecordedTokens()
+    backend = rk.KubernetesAppBackend(api, namespace=NAMESPACE, image=IMAGE, tokens=tokens, token_lifetime=3600,
+                                      public_prefix="/services/resources/apps", resources_url="http://hub/services/resources/",
+                                      timeout=2, poll=0.01)
+    published = app_resource()
+    backend.start(published, owner())
+    assert tokens.live == {"a1": ("alice", ["access:services!service=resources"])}
+    assert published.state["upstream"] == f"http://app-abc123def456.{NAMESPACE}.svc:8866"
+    assert backend.upstream_headers(published) == {"Authorization": f"token {published.state['upstream_token']}"}
+    assert [k for k, _ in published.state["objects"]] == ["Secret", "NetworkPolicy", "Service", "Deployment"]
+    assert backend.busy(published) is True
+    with pytest.raises(BackendError, match="cannot be scaled"):
+        backend.scale(published, owner(), 2)
+    backend.stop(published)
+    assert api.objects == {} and tokens.live == {}

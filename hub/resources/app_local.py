@@ -117,6 +117,7 @@ class LocalAppBackend:
         port = free_port()
         base_url = f"{self.public_prefix}{resource.id}/"
         resource.state = {"version": STATE_VERSION, "workdir": None, "server": None, "port": port,
+                          "upstream": f"http://{LOOPBACK}:{port}",
                           "notebook": str(notebook), "base_url": base_url,
                           "upstream_token": secrets.token_urlsafe(32), "hub_token_id": None}
         resource.endpoints = {"app": f"http://{LOOPBACK}:{port}{base_url}", "notebook": resource.options["notebook"]}

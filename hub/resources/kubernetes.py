@@ -1028,6 +1028,121 @@ def render_model_server(
     return [*objects, policy, service, deployment]
 
 
+APP_PORT = 8866
+APP_OPTIONS = frozenset({"notebook", "share_with", "worker_cores", "worker_memory"})
+APP_TOKEN_KEYS = ("voila-token", "hub-token")
+
+
+def app_names(resource_id: str) -> dict:
+    check_resource_id(resource_id)
+    base = f"app-{resource_id}"
+    return {"secret": f"{base}-tokens", "policy": base, "service": base, "workers": f"{base}-voila"}
+
+
+def app_options(options: dict) -> tuple[str, int, int]:
+    """(notebook relative to the home, cores, MiB), checked again where they become a
+    command line and a working directory."""
+    unknown = sorted(set(options) - APP_OPTIONS)
+    if unknown:
+        raise BackendError(f"unknown options {unknown} (expected {', '.join(sorted(APP_OPTIONS))})")
+    notebook = options.get("notebook")
+    if not isinstance(notebook, str) or not notebook.endswith(".ipynb") or not _PACKAGE_PATH.match(notebook) \
+            or any(part in ("", ".", "..") for part in notebook.split("/")):
+        raise BackendError(f"notebook: a notebook (.ipynb) inside your home, not {notebook!r}")
+    cores, mib = worker_size({k: v for k, v in options.items() if k in ("worker_cores", "worker_memory")})
+    return notebook, cores, mib
+
+
+def render_app(
+    resource: Resource,
+    owner: Owner,
+    *,
+    namespace: str,
+    image: str,
+    base_url: str,
+    resources_url: str,
+    upstream_token: str,
+    hub_token: str,
+    uid: int = SESSION_UID,
+    gid: int = SESSION_GID,
+    hub_pod_labels: dict | None = None,
+) -> list[dict]:
+    """The objects of a published Voila app, in creation order: the Secret with its two
+    tokens (Voila's own, which only the manager's proxy sends, and the owner's app token for
+    the kernel; neither in the pod spec), the NetworkPolicy (only the hub's pod, where the
+    manager's proxy runs, reaches it), the Service and a Deployment of one Voila server from
+    the notebook image, as the owner's uid with their home claim, serving under `base_url`
+    (the app's full public path) so pages and websockets pass the proxy unchanged."""
+    names = app_names(resource.id)
+    notebook, cores, mib = app_options(resource.options)
+    if resource.workers != 1:
+        raise BackendError("an app is one Voila server: it cannot be scaled")
+
+    def labels(component: str) -> dict:
+        return _labels("voila", "app", component, owner.name, resource.id)
+
+    folder, _, name = f"{HOME_MOUNT_PATH}/{notebook}".rpartition("/")
+    secret = _object(
+        "Secret", _metadata(names["secret"], namespace, labels("configuration"), owner.name),
+        type="Opaque",
+        immutable=True,
+        data={key: base64.b64encode(value.encode()).decode()
+              for key, value in zip(APP_TOKEN_KEYS, (upstream_token, hub_token))},
+    )
+
+    def from_secret(variable: str, key: str) -> dict:
+        return {"name": variable, "valueFrom": {"secretKeyRef": {"name": names["secret"], "key": key}}}
+
+    server = {
+        "name": "voila",
+        "image": image,
+        "command": [*TINI, "voila", name, "--no-browser", f"--port={APP_PORT}", "--Voila.ip=0.0.0.0",
+                    f"--Voila.base_url={base_url}", "--Voila.auto_token=True",
+                    "--VoilaConfiguration.show_tracebacks=False"],
+        "workingDir": folder,
+        "env": [
+            {"name": "HOME", "value": HOME_MOUNT_PATH},
+            {"name": "BEARER_TOKEN_FILE", "value": TOKEN_FILE},
+            {"name": "OFFICINA_RESOURCES_URL", "value": resources_url},
+            from_secret("JUPYTER_TOKEN", APP_TOKEN_KEYS[0]),
+            from_secret("JUPYTERHUB_API_TOKEN", APP_TOKEN_KEYS[1]),
+        ],
+        "ports": [{"name": "voila", "containerPort": APP_PORT, "protocol": "TCP"}],
+        # Voila's static files answer without its token once it listens.
+        "readinessProbe": {"httpGet": {"path": f"{base_url}voila/static/voila.js", "port": "voila"},
+                           "periodSeconds": 5, "timeoutSeconds": 5},
+        "resources": _resources(str(cores), str(cores), mib),
+        "securityContext": _container_security(uid, gid),
+        "volumeMounts": [{"name": HOME_VOLUME, "mountPath": HOME_MOUNT_PATH}],
+    }
+    policy = _object(
+        "NetworkPolicy", _metadata(names["policy"], namespace, labels("network-policy"), owner.name),
+        spec={
+            "podSelector": {"matchLabels": {RESOURCE_LABEL: resource.id}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels": dict(hub_pod_labels or HUB_POD_LABELS)}}],
+                "ports": [{"port": APP_PORT, "protocol": "TCP"}],
+            }],
+        },
+    )
+    service = _object(
+        "Service", _metadata(names["service"], namespace, labels("server"), owner.name),
+        spec={
+            "type": "ClusterIP",
+            "selector": {RESOURCE_LABEL: resource.id, COMPONENT_LABEL: "server"},
+            "ports": [{"name": "voila", "port": APP_PORT, "targetPort": "voila", "protocol": "TCP"}],
+        },
+    )
+    volumes = [{"name": HOME_VOLUME, "persistentVolumeClaim": {"claimName": home_claim_name(owner.name)}}]
+    deployment = _deployment(
+        names["workers"], namespace, labels("server"), owner.name, 1,
+        {RESOURCE_LABEL: resource.id, COMPONENT_LABEL: "server"}, labels("server"),
+        _pod_spec([server], volumes, uid, gid),
+    )
+    return [secret, policy, service, deployment]
+
+
 # --- the API the backends use ----------------------------------------------------------
 
 
@@ -1483,6 +1598,79 @@ class KubernetesCondorBackend(KubernetesBackend):
             resource, owner, namespace=self.namespace, image=self.image, collector_service=self.collector_service,
             token_secret=token_secret, uid=self.uid, gid=self.gid,
         ))
+
+
+class KubernetesAppBackend(KubernetesBackend):
+    """The `app` kind ("Published Voila app") on Kubernetes (render_app): one Voila server
+    behind a Service that only the hub's pod reaches, the manager's proxy adding Voila's token.
+    The owner's app token is minted at start and revoked at stop, as on one machine."""
+
+    kind = "app"
+    app_component = "server"
+
+    def __init__(self, api: KubernetesApi, *, namespace: str, image: str, tokens, token_lifetime: int,
+                 public_prefix: str, resources_url: str, hub_pod_labels: dict | None = None, **kwargs):
+        super().__init__(api, namespace=namespace, image=image, **kwargs)
+        self.tokens = tokens
+        self.token_lifetime = token_lifetime
+        self.public_prefix = public_prefix.rstrip("/") + "/"
+        self.resources_url = resources_url
+        self.hub_pod_labels = hub_pod_labels
+
+    def start(self, resource: Resource, owner: Owner) -> None:
+        from .app_local import APP_TOKEN_SCOPES
+
+        names = app_names(resource.id)
+        notebook, _, _ = app_options(resource.options)
+        if resource.workers != 1:
+            raise BackendError("an app is one Voila server: it cannot be scaled")
+        self._start_state(resource, names)
+        base_url = f"{self.public_prefix}{resource.id}/"
+        upstream = f"http://{names['service']}.{self.namespace}.svc:{APP_PORT}"
+        resource.state.update(upstream=upstream, upstream_token=secrets.token_urlsafe(32), hub_token_id=None,
+                              base_url=base_url)
+        resource.endpoints = {"app": upstream + base_url, "notebook": notebook}
+        token_id, hub_token = self.tokens.mint(resource.owner, APP_TOKEN_SCOPES, self.token_lifetime,
+                                               f"Officina app {resource.id} ({notebook})")
+        resource.state["hub_token_id"] = token_id
+        self._start(resource, lambda: render_app(
+            resource, owner, namespace=self.namespace, image=self.image, base_url=base_url,
+            resources_url=self.resources_url, upstream_token=resource.state["upstream_token"], hub_token=hub_token,
+            uid=self.uid, gid=self.gid, hub_pod_labels=self.hub_pod_labels,
+        ))
+
+    def scale(self, resource: Resource, owner: Owner, workers: int) -> None:
+        raise BackendError("an app is one Voila server: it cannot be scaled")
+
+    def stop(self, resource: Resource) -> None:
+        super().stop(resource)
+        state = resource.state or {}
+        if state.get("hub_token_id"):
+            self.tokens.revoke(resource.owner, state["hub_token_id"])
+            state["hub_token_id"] = None
+
+    def busy(self, resource: Resource) -> bool:
+        return True  # a published app waits for its visitors (see app_local)
+
+    def upstream_headers(self, resource: Resource) -> dict:
+        return {"Authorization": f"token {resource.state['upstream_token']}"}
+
+    def _wait_started(self, resource: Resource) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                pods = self._pods(resource, self.app_component)
+            except KubernetesApiError as exc:
+                raise BackendError(f"cannot read the app's pods: {exc}") from None
+            if any(_pod_ready(pod) for pod in pods):
+                return
+            problem = self._other_problem(resource, pods)
+            if problem:
+                raise BackendError(problem)
+            if time.monotonic() > deadline:
+                why = _pending_reason(pods[0]) if pods else "no pod was made"
+                raise BackendError(f"timed out after {self.timeout:g} s waiting for the app: {why}")
+            time.sleep(self.poll)
 
 
 class KubernetesModelBackend(KubernetesBackend):

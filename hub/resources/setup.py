@@ -100,6 +100,17 @@ def kubernetes_backends(settings: Settings, kinds: dict, prefix: str) -> dict:
                                                 ui_prefix=prefix)}
     kinds["model"] = KindSpec.for_models(settings["resources"]["model"])
     backends["model"] = KubernetesModelBackend(api, namespace=namespace)
+    from .app_local import HubTokens
+    from .kubernetes import KubernetesAppBackend
+
+    # Apps run the default CPU profile's image (the sessions' Python and kernels); their
+    # kernels reach the manager through the hub's public address, as sessions' clients do.
+    kinds["app"] = KindSpec.for_apps(settings["resources"]["app"])
+    backends["app"] = KubernetesAppBackend(
+        api, namespace=namespace, image=default_cluster_image(settings["profiles"]), tokens=HubTokens(),
+        token_lifetime=settings["resources"]["app"]["token_lifetime"],
+        public_prefix=f"{settings['hub']['base_url']}services/resources/apps/",
+        resources_url=f"{settings.public_url}services/resources/")
     if settings["condor"]["enabled"] is not False:
         kinds["condor"] = KindSpec.from_settings("condor", KIND_TITLES["condor"], settings["resources"]["condor"]["options"])
         backends["condor"] = KubernetesCondorBackend(api, namespace=namespace)

@@ -76,7 +76,7 @@ class AppProxy(ResourceUIProxy):
         self.engine.touch(resource)
         self.location_prefix = ""
         self._upstream_auth = self.engine.backends["app"].upstream_headers(resource)
-        return f"http://127.0.0.1:{resource.state['port']}"
+        return resource.state["upstream"]
 
     def _upstream_headers(self) -> dict:
         return getattr(self, "_upstream_auth", {})
