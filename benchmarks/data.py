@@ -453,4 +453,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: main's finally blocks have torn down
+        print(f"benchmarks/data.py: interrupted ({stop or 'Ctrl-C'}); everything it started was stopped",
+              file=sys.stderr)
+        sys.exit(130)
