@@ -1378,3 +1378,18 @@ def test_app_backend_start_stop_mints_and_revokes_its_token():
         backend.scale(published, owner(), 2)
     backend.stop(published)
     assert api.objects == {} and tokens.live == {}
+
+
+@pytest.mark.parametrize("status,expected", [
+    (image_pull_failure, r"app pod .* cannot run: ImagePullBackOff"),
+    (unschedulable, r"timed out after 2 s waiting for the app: .*3 Insufficient cpu"),
+])
+def test_app_backend_start_that_cannot_run_leaves_nothing_and_revokes_its_token(status, expected):
+    api = InMemoryApiServer(pod_status=status, auto_settle=True)
+    tokens = RecordedTokens()
+    backend = rk.KubernetesAppBackend(api, namespace=NAMESPACE, image=IMAGE, tokens=tokens, token_lifetime=3600,
+                                      public_prefix="/services/resources/apps", resources_url="http://hub/services/resources/",
+                                      timeout=2, poll=0.01)
+    with pytest.raises(BackendError, match=expected):
+        backend.start(app_resource(), owner())
+    assert api.objects == {} and tokens.live == {}

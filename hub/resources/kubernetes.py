@@ -924,6 +924,39 @@ def own_package_distribution(model: str) -> tuple[str, dict[str, str]]:
     }
 
 
+def _hub_only_server(resource: Resource, owner: Owner, names: dict, namespace: str, labels, container: dict,
+                     volumes: list[dict], port: int, port_name: str, uid: int, gid: int,
+                     hub_pod_labels: dict | None) -> list[dict]:
+    """The NetworkPolicy (before any pod), Service and one-replica Deployment of a server that
+    only the hub's pod reaches: the resource manager's proxy, which checks the owner and the
+    groups it is shared with, is every caller's way in (model servers, published apps)."""
+    policy = _object(
+        "NetworkPolicy", _metadata(names["policy"], namespace, labels("network-policy"), owner.name),
+        spec={
+            "podSelector": {"matchLabels": {RESOURCE_LABEL: resource.id}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels": dict(hub_pod_labels or HUB_POD_LABELS)}}],
+                "ports": [{"port": port, "protocol": "TCP"}],
+            }],
+        },
+    )
+    service = _object(
+        "Service", _metadata(names["service"], namespace, labels("server"), owner.name),
+        spec={
+            "type": "ClusterIP",
+            "selector": {RESOURCE_LABEL: resource.id, COMPONENT_LABEL: "server"},
+            "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}],
+        },
+    )
+    deployment = _deployment(
+        names["workers"], namespace, labels("server"), owner.name, 1,
+        {RESOURCE_LABEL: resource.id, COMPONENT_LABEL: "server"}, labels("server"),
+        _pod_spec([container], volumes, uid, gid),
+    )
+    return [policy, service, deployment]
+
+
 def render_model_server(
     resource: Resource,
     owner: Owner,
@@ -1000,32 +1033,8 @@ def render_model_server(
         "securityContext": _container_security(uid, gid),
         "volumeMounts": mounts,
     }
-    policy = _object(
-        "NetworkPolicy", _metadata(names["policy"], namespace, labels("network-policy"), owner.name),
-        spec={
-            "podSelector": {"matchLabels": {RESOURCE_LABEL: resource.id}},
-            "policyTypes": ["Ingress"],
-            # The resource manager alone (its proxy checks the owner and the shared groups).
-            "ingress": [{
-                "from": [{"podSelector": {"matchLabels": dict(hub_pod_labels or HUB_POD_LABELS)}}],
-                "ports": [{"port": MODEL_PORT, "protocol": "TCP"}],
-            }],
-        },
-    )
-    service = _object(
-        "Service", _metadata(names["service"], namespace, labels("server"), owner.name),
-        spec={
-            "type": "ClusterIP",
-            "selector": {RESOURCE_LABEL: resource.id, COMPONENT_LABEL: "server"},
-            "ports": [{"name": "api", "port": MODEL_PORT, "targetPort": "api", "protocol": "TCP"}],
-        },
-    )
-    deployment = _deployment(
-        names["workers"], namespace, labels("server"), owner.name, 1,
-        {RESOURCE_LABEL: resource.id, COMPONENT_LABEL: "server"}, labels("server"),
-        _pod_spec([server], volumes, uid, gid),
-    )
-    return [*objects, policy, service, deployment]
+    return [*objects, *_hub_only_server(resource, owner, names, namespace, labels, server, volumes, MODEL_PORT, "api",
+                                        uid, gid, hub_pod_labels)]
 
 
 APP_PORT = 8866
@@ -1115,32 +1124,9 @@ def render_app(
         "securityContext": _container_security(uid, gid),
         "volumeMounts": [{"name": HOME_VOLUME, "mountPath": HOME_MOUNT_PATH}],
     }
-    policy = _object(
-        "NetworkPolicy", _metadata(names["policy"], namespace, labels("network-policy"), owner.name),
-        spec={
-            "podSelector": {"matchLabels": {RESOURCE_LABEL: resource.id}},
-            "policyTypes": ["Ingress"],
-            "ingress": [{
-                "from": [{"podSelector": {"matchLabels": dict(hub_pod_labels or HUB_POD_LABELS)}}],
-                "ports": [{"port": APP_PORT, "protocol": "TCP"}],
-            }],
-        },
-    )
-    service = _object(
-        "Service", _metadata(names["service"], namespace, labels("server"), owner.name),
-        spec={
-            "type": "ClusterIP",
-            "selector": {RESOURCE_LABEL: resource.id, COMPONENT_LABEL: "server"},
-            "ports": [{"name": "voila", "port": APP_PORT, "targetPort": "voila", "protocol": "TCP"}],
-        },
-    )
     volumes = [{"name": HOME_VOLUME, "persistentVolumeClaim": {"claimName": home_claim_name(owner.name)}}]
-    deployment = _deployment(
-        names["workers"], namespace, labels("server"), owner.name, 1,
-        {RESOURCE_LABEL: resource.id, COMPONENT_LABEL: "server"}, labels("server"),
-        _pod_spec([server], volumes, uid, gid),
-    )
-    return [secret, policy, service, deployment]
+    return [secret, *_hub_only_server(resource, owner, names, namespace, labels, server, volumes, APP_PORT, "voila",
+                                      uid, gid, hub_pod_labels)]
 
 
 # --- the API the backends use ----------------------------------------------------------
@@ -1600,13 +1586,51 @@ class KubernetesCondorBackend(KubernetesBackend):
         ))
 
 
-class KubernetesAppBackend(KubernetesBackend):
+class KubernetesOneServerBackend(KubernetesBackend):
+    """One server (a Deployment of one replica) behind a Service only the hub's pod reaches
+    (`_hub_only_server`): `start` returns once it answers its readiness probe, and a pod that
+    will not run without someone changing something is reported at once."""
+
+    app_component = "server"
+    server_title = "server"  # what messages call it
+
+    def _wait_started(self, resource: Resource) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                pods = self._pods(resource, self.app_component)
+            except KubernetesApiError as exc:
+                raise BackendError(f"cannot read the {self.server_title}'s pods: {exc}") from None
+            if any(_pod_ready(pod) for pod in pods):
+                return
+            problem = self._other_problem(resource, pods)
+            if problem:
+                raise BackendError(problem)
+            if time.monotonic() > deadline:
+                why = _pending_reason(pods[0]) if pods else "no pod was made"
+                raise BackendError(f"timed out after {self.timeout:g} s waiting for the {self.server_title}: {why}")
+            time.sleep(self.poll)
+
+    def _other_problem(self, resource: Resource, pods: list[dict] | None = None) -> str | None:
+        """Why the server cannot run: no ready pod, and one that will not run without someone
+        changing something (an image that cannot be pulled, a server that keeps exiting)."""
+        pods = self._pods(resource, self.app_component) if pods is None else pods
+        if any(_pod_ready(pod) for pod in pods):
+            return None
+        for pod in pods:
+            problem = _pod_problem(pod)
+            if problem:
+                return f"the {self.server_title} pod {pod['metadata']['name']} cannot run: {problem}"
+        return None
+
+
+class KubernetesAppBackend(KubernetesOneServerBackend):
     """The `app` kind ("Published Voila app") on Kubernetes (render_app): one Voila server
     behind a Service that only the hub's pod reaches, the manager's proxy adding Voila's token.
     The owner's app token is minted at start and revoked at stop, as on one machine."""
 
     kind = "app"
-    app_component = "server"
+    server_title = "app"
 
     def __init__(self, api: KubernetesApi, *, namespace: str, image: str, tokens, token_lifetime: int,
                  public_prefix: str, resources_url: str, hub_pod_labels: dict | None = None, **kwargs):
@@ -1655,25 +1679,8 @@ class KubernetesAppBackend(KubernetesBackend):
     def upstream_headers(self, resource: Resource) -> dict:
         return {"Authorization": f"token {resource.state['upstream_token']}"}
 
-    def _wait_started(self, resource: Resource) -> None:
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                pods = self._pods(resource, self.app_component)
-            except KubernetesApiError as exc:
-                raise BackendError(f"cannot read the app's pods: {exc}") from None
-            if any(_pod_ready(pod) for pod in pods):
-                return
-            problem = self._other_problem(resource, pods)
-            if problem:
-                raise BackendError(problem)
-            if time.monotonic() > deadline:
-                why = _pending_reason(pods[0]) if pods else "no pod was made"
-                raise BackendError(f"timed out after {self.timeout:g} s waiting for the app: {why}")
-            time.sleep(self.poll)
 
-
-class KubernetesModelBackend(KubernetesBackend):
+class KubernetesModelBackend(KubernetesOneServerBackend):
     """The `model` kind ("DEEPaaS model server") on Kubernetes (render_model_server): one
     server, a Deployment of one replica behind a Service that only the hub's pod reaches.
     `start` returns once the server answers its readiness probe.
@@ -1683,7 +1690,7 @@ class KubernetesModelBackend(KubernetesBackend):
     asking the server about trainings it did not start through the proxy."""
 
     kind = "model"
-    app_component = "server"
+    server_title = "model server"
 
     def __init__(self, api: KubernetesApi, *, namespace: str, image: str = MODEL_SERVER_IMAGE,
                  hub_pod_labels: dict | None = None, **kwargs):
@@ -1717,36 +1724,6 @@ class KubernetesModelBackend(KubernetesBackend):
 
     def busy(self, resource: Resource) -> bool:
         return False
-
-    def _wait_started(self, resource: Resource) -> None:
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                pods = self._pods(resource, self.app_component)
-            except KubernetesApiError as exc:
-                raise BackendError(f"cannot read the model server's pods: {exc}") from None
-            if any(_pod_ready(pod) for pod in pods):
-                return
-            problem = self._other_problem(resource, pods)
-            if problem:
-                raise BackendError(problem)
-            if time.monotonic() > deadline:
-                why = _pending_reason(pods[0]) if pods else "no pod was made"
-                raise BackendError(f"timed out after {self.timeout:g} s waiting for the model server: {why}")
-            time.sleep(self.poll)
-
-    def _other_problem(self, resource: Resource, pods: list[dict] | None = None) -> str | None:
-        """Why the server cannot run: no ready pod, and one that will not run without someone
-        changing something (an image that cannot be pulled, a server that keeps exiting: an own
-        package that does not import)."""
-        pods = self._pods(resource, self.app_component) if pods is None else pods
-        if any(_pod_ready(pod) for pod in pods):
-            return None
-        for pod in pods:
-            problem = _pod_problem(pod)
-            if problem:
-                return f"the model server pod {pod['metadata']['name']} cannot run: {problem}"
-        return None
 
 
 # --- the command line ------------------------------------------------------------------
