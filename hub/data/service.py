@@ -31,7 +31,6 @@ import pwd
 import signal
 import subprocess
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
@@ -43,7 +42,7 @@ from ..accounts import system_account_name
 from ..lifetime import watch_parent
 from ..settings import Settings
 from ..state import StateDir
-from .sites import Federation, federation_from_settings, path_within
+from .sites import Federation, federation_from_settings
 from .stats import StatsError, cache_stats
 
 log = logging.getLogger("officina.data")

@@ -27,17 +27,14 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import psutil
-
-from ..accounts import make_session_preexec
 from ..spawner import lab_data_dir
 from .contract import BackendError, Owner, Resource
-from .spark_local import LOOPBACK, _process, _reap, free_port, log_tail, owner_account, resource_workdir, terminate
+from .spark_local import (LOOPBACK, _process, free_port, log_tail, owner_account, resource_workdir, spawn_as_owner,
+                          terminate, wait_until_answering)
 
 STATE_VERSION = 1
 APP_TOKEN_SCOPES = ["access:services!service=resources"]
@@ -176,16 +173,6 @@ class LocalAppBackend:
     def _launch(self, resource: Resource, owner: Owner, account, hub_token: str) -> None:
         state = resource.state
         workdir = Path(state["workdir"])
-        log = workdir / "voila.log"
-        enter = make_session_preexec(Path(state["notebook"]).parent, account)
-
-        def preexec() -> None:
-            enter()
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.close(fd)
-
         name = account.pw_name if account is not None else pwd.getpwuid(os.getuid()).pw_name
         env = {
             "PATH": os.pathsep.join([str(self.voila.parent), "/usr/local/bin", "/usr/bin", "/bin"]),
@@ -204,26 +191,10 @@ class LocalAppBackend:
                    f"--Voila.ip={LOOPBACK}", f"--Voila.base_url={state['base_url']}", "--Voila.auto_token=True",
                    # Visitors see what went wrong in a cell, not the kernel's traceback.
                    "--VoilaConfiguration.show_tracebacks=False"]
-        try:
-            child = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, preexec_fn=preexec,
-                                     start_new_session=True, close_fds=True)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise BackendError(f"cannot start voila: {exc}") from None
-        self._children[child.pid] = child
-        uid = account.pw_uid if account is not None else os.getuid()
-        server = {"name": "voila", "pid": child.pid, "created": psutil.Process(child.pid).create_time(),
-                  "uid": uid, "log": str(log)}
-        state["server"] = server  # recorded at once: a failed wait still stops it
-        deadline = time.monotonic() + self.timeout
-        while True:
-            if _process(server) is None:
-                _reap(server["pid"])
-                raise BackendError(f"Voila exited while starting; the end of its log:\n{log_tail(log)}")
-            if self._answers(resource):
-                return
-            if time.monotonic() > deadline:
-                raise BackendError(f"Voila did not answer within {self.timeout:g} s; the end of its log:\n{log_tail(log)}")
-            time.sleep(0.25)
+        state["server"] = spawn_as_owner(  # recorded at once: a failed wait still stops it
+            command, env, cwd=Path(state["notebook"]).parent, log=workdir / "voila.log", account=account,
+            children=self._children, name="voila", what="voila")
+        wait_until_answering(state["server"], lambda: self._answers(resource), self.timeout, "Voila")
 
     def _answers(self, resource: Resource) -> bool:
         """Voila's static files answer once it listens (the page itself would run the notebook)."""

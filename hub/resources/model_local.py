@@ -24,15 +24,12 @@ import os
 import pwd
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
-import psutil
-
-from ..accounts import make_session_preexec
 from .contract import BackendError, Owner, Resource
-from .spark_local import LOOPBACK, _process, _reap, free_port, log_tail, owner_account, resource_workdir, terminate
+from .spark_local import (LOOPBACK, _process, free_port, log_tail, owner_account, resource_workdir, spawn_as_owner,
+                          terminate, wait_until_answering)
 
 STATE_VERSION = 1
 
@@ -166,44 +163,15 @@ class LocalModelBackend:
     def _launch(self, resource: Resource, owner: Owner, account) -> None:
         state = resource.state
         workdir = Path(state["workdir"])
-        log = workdir / "server.log"
-        enter = make_session_preexec(workdir, account)
-
-        def preexec() -> None:
-            enter()
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.close(fd)
-
         if state["package"]:
             state["source_time"] = newest_source(Path(state["package"]))
         command = [str(self.env / "bin" / "deepaas-run"), "--listen-ip", LOOPBACK, "--listen-port", str(state["port"]),
                    "--model-name", state["model"]]
-        try:
-            child = subprocess.Popen(command, env=self._env(resource, owner, account), stdin=subprocess.DEVNULL,
-                                     preexec_fn=preexec, start_new_session=True, close_fds=True)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise BackendError(f"cannot start deepaas-run: {exc}") from None
-        self._children[child.pid] = child
-        uid = account.pw_uid if account is not None else os.getuid()
-        server = {"name": "server", "pid": child.pid, "created": psutil.Process(child.pid).create_time(),
-                  "uid": uid, "log": str(log)}
-        state["server"] = server  # recorded at once: a failed wait still stops it
-        deadline = time.monotonic() + self.timeout
-        while True:
-            if _process(server) is None:
-                _reap(server["pid"])
-                raise BackendError(f"the model server exited while starting; the end of its log:\n{log_tail(log)}")
-            try:
-                self._get(resource, f"v2/models/{state['model']}/")
-                return
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise BackendError(f"the model server did not answer within {self.timeout:g} s; "
-                                   f"the end of its log:\n{log_tail(log)}")
-            time.sleep(0.25)
+        state["server"] = spawn_as_owner(  # recorded at once: a failed wait still stops it
+            command, self._env(resource, owner, account), cwd=workdir, log=workdir / "server.log", account=account,
+            children=self._children, name="server", what="deepaas-run")
+        wait_until_answering(state["server"], lambda: self._get(resource, f"v2/models/{state['model']}/") is not None,
+                             self.timeout, "the model server")
 
     def _reload(self, resource: Resource) -> None:
         """The owner changed their package's code: the same server again, on the same port."""

@@ -124,6 +124,50 @@ def _reap(pid: int) -> None:
         pass
 
 
+def spawn_as_owner(command: list[str], env: dict, *, cwd: Path, log: Path, account: pwd.struct_passwd | None,
+                   children: dict, name: str, what: str) -> dict:
+    """Start `command` in a session of its own as `account` (None: ours), in `cwd`, its output
+    appended to `log` (opened as the owner, so the log is theirs); the record it is followed
+    and stopped by (pid, start time, uid, log)."""
+    enter = make_session_preexec(cwd, account)
+
+    def preexec() -> None:
+        enter()
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+    try:
+        child = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, preexec_fn=preexec,
+                                 start_new_session=True, close_fds=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        who = account.pw_name if account is not None else "the platform's account"
+        raise BackendError(f"cannot start {what} as {who} in {cwd}: {exc}") from None
+    children[child.pid] = child
+    uid = account.pw_uid if account is not None else os.getuid()
+    return {"name": name, "pid": child.pid, "created": psutil.Process(child.pid).create_time(), "uid": uid,
+            "log": str(log)}
+
+
+def wait_until_answering(server: dict, ready, timeout: float, what: str) -> None:
+    """Until `ready()` (which may raise OSError/ValueError while not yet listening); a server
+    that exits, or does not answer in time, is reported with the end of its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if _process(server) is None:
+            _reap(server["pid"])
+            raise BackendError(f"{what} exited while starting; the end of its log:\n{log_tail(server['log'])}")
+        try:
+            if ready():
+                return
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise BackendError(f"{what} did not answer within {timeout:g} s; the end of its log:\n{log_tail(server['log'])}")
+        time.sleep(0.25)
+
+
 def resource_workdir(work_root: Path, resource_id: str, account: pwd.struct_passwd | None, what: str) -> Path:
     """A resource's own folder under `work_root` (root's, 0711), made fresh, 0700, and its
     owner's; refused when the owner's account could not reach it."""
@@ -373,30 +417,9 @@ class LocalSparkBackend:
 
     def _spawn(self, resource: Resource, owner: Owner, account, name: str, arguments: list[str]) -> dict:
         workdir = Path(resource.state["workdir"])
-        log = workdir / "logs" / f"{name}.log"
-        enter = make_session_preexec(workdir, account)
-
-        def preexec() -> None:
-            # As the owner already: the log is theirs, made in their own folder.
-            enter()
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.close(fd)
-
-        command = [str(spark_home() / "bin" / "spark-class"), *arguments]
-        try:
-            child = subprocess.Popen(
-                command, env=self._env(owner, account, workdir), stdin=subprocess.DEVNULL,
-                preexec_fn=preexec, start_new_session=True, close_fds=True,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            who = account.pw_name if account is not None else "the platform's account"
-            raise BackendError(f"cannot start the Spark {name} as {who} in {workdir}: {exc}") from None
-        self._children[child.pid] = child
-        created = psutil.Process(child.pid).create_time()
-        uid = account.pw_uid if account is not None else os.getuid()
-        return {"name": name, "pid": child.pid, "created": created, "uid": uid, "log": str(log)}
+        return spawn_as_owner([str(spark_home() / "bin" / "spark-class"), *arguments], self._env(owner, account, workdir),
+                              cwd=workdir, log=workdir / "logs" / f"{name}.log", account=account,
+                              children=self._children, name=name, what=f"the Spark {name}")
 
     def _add_workers(self, resource: Resource, owner: Owner, account, count: int) -> None:
         state = resource.state
