@@ -75,6 +75,22 @@ def ensure_account(hub_username: str, home: Path) -> pwd.struct_passwd:
     return entry
 
 
+def ensure_daemon_account(name: str, comment: str) -> pwd.struct_passwd:
+    """A system account for platform daemons (no home, no login shell), created the first
+    time; AccountError says why it cannot be."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        result = subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+             "--shell", "/usr/sbin/nologin", "--comment", comment, name],
+            capture_output=True, text=True,
+        )
+        if result.returncode not in (0, 9):  # 9: created meanwhile
+            raise AccountError(f"cannot create the account {name!r}: {result.stderr.strip()}")
+        return pwd.getpwnam(name)
+
+
 def make_session_preexec(home: Path, account: pwd.struct_passwd | None):
     """What the forked child runs before exec: drop to the account, and never regain root.
 

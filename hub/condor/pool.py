@@ -37,7 +37,7 @@ from pathlib import Path
 
 import psutil
 
-from ..accounts import system_account_name
+from ..accounts import AccountError, ensure_daemon_account, system_account_name
 from . import config as cfg
 
 MASTER = "/usr/sbin/condor_master"
@@ -386,16 +386,9 @@ class CondorPool:
 
     def _align_condor_account(self) -> None:
         try:
-            host = pwd.getpwnam(DAEMON_ACCOUNT)
-        except KeyError:
-            result = subprocess.run(
-                ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-                 "--shell", "/usr/sbin/nologin", "--comment", "Officina HTCondor daemons", DAEMON_ACCOUNT],
-                capture_output=True, text=True,
-            )
-            if result.returncode not in (0, 9):
-                raise CondorError(f"cannot create the account {DAEMON_ACCOUNT!r}: {result.stderr.strip()}")
-            host = pwd.getpwnam(DAEMON_ACCOUNT)
+            host = ensure_daemon_account(DAEMON_ACCOUNT, "Officina HTCondor daemons")
+        except AccountError as exc:
+            raise CondorError(str(exc)) from None
         uid, gid = str(host.pw_uid), str(host.pw_gid)
         for name, id_field, new_id, other_id in (("passwd", 2, uid, gid), ("group", 2, gid, None)):
             path = self.root / "etc" / name

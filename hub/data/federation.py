@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..accounts import AccountError, ensure_daemon_account
 from . import config as cfg
 from .keycache import fetch_jwks, seed_key_cache
 from .sample import place_sample_data
@@ -53,16 +54,9 @@ def daemon_account() -> pwd.struct_passwd:
     if os.geteuid() != 0:
         return pwd.getpwuid(os.getuid())
     try:
-        return pwd.getpwnam(DAEMON_ACCOUNT)
-    except KeyError:
-        result = subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-             "--shell", "/usr/sbin/nologin", "--comment", "Officina XRootD daemons", DAEMON_ACCOUNT],
-            capture_output=True, text=True,
-        )
-        if result.returncode not in (0, 9):
-            raise DataError(f"cannot create the account {DAEMON_ACCOUNT!r}: {result.stderr.strip()}")
-        return pwd.getpwnam(DAEMON_ACCOUNT)
+        return ensure_daemon_account(DAEMON_ACCOUNT, "Officina XRootD daemons")
+    except AccountError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _port_open(port: int) -> bool:
