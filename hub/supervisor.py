@@ -252,11 +252,9 @@ class Supervisor:
                 self.notices.append(f"HTCondor pool not started: {why} (or set condor.enabled: false)")
         data = s["data"]
         if data["enabled"] is not False:
-            from .data.federation import host_can_run_federation
+            from .data.federation import platform_can_run_federation
 
-            can, why = host_can_run_federation()
-            if can and s["iam"]["groups_claim"] != "wlcg.groups":
-                can, why = False, "the hub's tokens are not WLCG-profile ones (iam.groups_claim is not wlcg.groups)"
+            can, why = platform_can_run_federation(s)
             if can:
                 # After the IAM stand-in: the federation reads the issuer's keys at start.
                 components.append(

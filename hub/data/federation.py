@@ -49,6 +49,19 @@ def host_can_run_federation() -> tuple[bool, str]:
     return True, "XRootD 5 with the proxy cache and the SciTokens plugin is installed"
 
 
+def platform_can_run_federation(settings) -> tuple[bool, str]:
+    """Whether this platform can run the federation, and why not: the packages, and users'
+    tokens that the sites accept (WLCG-profile ones; see the settings' consistency check).
+    The one test behind the supervisor's component, the data service and the sessions'
+    and Dask workers' environment."""
+    if settings["data"]["enabled"] is False:
+        return False, "data.enabled is false"
+    can, why = host_can_run_federation()
+    if can and settings["iam"]["groups_claim"] != "wlcg.groups":
+        return False, "the hub's tokens are not WLCG-profile ones (iam.groups_claim is not wlcg.groups)"
+    return can, why
+
+
 def daemon_account() -> pwd.struct_passwd:
     """The account the daemons run as: `officina_xrootd` (created) as root, else ourselves."""
     if os.geteuid() != 0:

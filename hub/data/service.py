@@ -54,12 +54,9 @@ SERVICE = "data"
 
 def federation_runs(settings: Settings) -> bool:
     """Whether the platform runs the federation (the supervisor's own test)."""
-    from .federation import host_can_run_federation
+    from .federation import platform_can_run_federation
 
-    enabled = settings["data"]["enabled"]
-    if enabled == "auto" and settings["iam"]["groups_claim"] != "wlcg.groups":
-        return False  # users' tokens would not be WLCG ones (see settings' consistency check)
-    return enabled is True or (enabled == "auto" and host_can_run_federation()[0])
+    return platform_can_run_federation(settings)[0]
 
 
 def session_environment(settings: Settings) -> dict[str, str]:
@@ -103,6 +100,7 @@ class Mounts:
         self.ca_dir = federation.state_dir / "tls" / "certificates"  # XRootDFederation.ca_dir
         self.record_file = federation.state_dir / "mounts.json"
         self.records: dict[str, dict] = {}
+        self._children: dict[int, subprocess.Popen] = {}  # this service's xrootdfs, reaped at unmount
         if self.record_file.exists():
             self.records = json.loads(self.record_file.read_text())
 
@@ -174,7 +172,7 @@ class Mounts:
         host = "localhost"  # the servers' certificate names localhost and 127.0.0.1
         options = [
             f"rdr=root://{host}:{self.federation.cache.port}/{path}/",
-            f"cns=root://{host}:{site.address.rsplit(':', 1)[1]}/{path}/" if site.embedded else f"cns=root://{site.origin}/{path}/",
+            f"cns=root://{host}:{site.port}/{path}/" if site.embedded else f"cns=root://{site.origin}/{path}/",
             "allow_other", "nworkers=8", "ro",
         ]
         if account is not None:
@@ -195,6 +193,7 @@ class Mounts:
                 child.wait()
                 raise web.HTTPError(502, f"xrootdfs did not mount {path}: {logfile.read_text(errors='replace')[-300:]}")
             time.sleep(0.1)
+        self._children[child.pid] = child
         record = {"user": user, "path": path, "mountpoint": str(mountpoint), "pid": child.pid,
                   "created": psutil.Process(child.pid).create_time(), "log": str(logfile)}
         self.records[key] = record
@@ -218,6 +217,13 @@ class Mounts:
                 os.kill(record["pid"], signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        child = self._children.pop(record["pid"], None)
+        if child is not None:  # ours: reaped, not left a zombie until the service ends
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
     def unmount_all(self) -> None:
         for record in self.records.values():
